@@ -7,6 +7,7 @@ parse answers longer than `MAX_PARSE_CHARS` (those are compared as normalised st
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Hashable
@@ -17,6 +18,8 @@ from rsa.tasks.base import Problem, Task
 
 MAX_PARSE_CHARS = 400
 _TIMEOUT_S = 5
+# We bound off-main-thread work ourselves (MAX_PARSE_CHARS); silence its "timeout disabled" notice.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _INT_OR_DEC = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
