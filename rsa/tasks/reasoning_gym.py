@@ -19,6 +19,26 @@ from rsa.tasks.base import Problem, Task
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _LOCK = threading.Lock()
 
+# Scorers that compare against tuple-valued metadata; JSON storage turns tuples into lists, so these
+# fields are turned back into nested tuples before scoring.
+_TUPLE_FIELDS = {"arc_agi": ("output",), "rearc": ("output",)}
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def restore_entry(dataset_name: str, entry: dict) -> dict:
+    """`entry` with JSON-flattened tuple fields restored for the scorers that need them (a copy if changed)."""
+    fields = _TUPLE_FIELDS.get(dataset_name)
+    if not fields or not isinstance(entry.get("metadata"), dict):
+        return entry
+    metadata = dict(entry["metadata"])
+    for name in fields:
+        if name in metadata:
+            metadata[name] = _as_tuples(metadata[name])
+    return {**entry, "metadata": metadata}
+
 
 def last_answer_tag(text: str) -> str | None:
     """Content of the last `<answer>...</answer>` in `text`, stripped; None when absent."""
@@ -63,8 +83,9 @@ class ReasoningGymTask(Task):
         """The Reasoning Gym task's `score_answer(extracted, entry)`, in [0, 1]."""
         if extracted is None:
             return 0.0
-        entry = load_entry(problem.meta.get("entry"), f"problem {problem.id}")
-        score = _scorer(problem.meta["dataset_name"])(extracted, entry)
+        name = problem.meta["dataset_name"]
+        entry = restore_entry(name, load_entry(problem.meta.get("entry"), f"problem {problem.id}"))
+        score = _scorer(name)(extracted, entry)
         return float(score)
 
     def equivalence_key(self, extracted: str | None, problem: Problem) -> Hashable | None:

@@ -1,0 +1,198 @@
+"""Task scorers: correct, equivalent-but-different, wrong, missing and malformed answers; prompts."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from rsa.data import generate_reasoning_gym
+from rsa.tasks import Problem, get_task, task_names
+from rsa.tasks.math import exact_number, last_boxed
+
+MATH = get_task("math")
+RG = get_task("rg")
+MCQ = get_task("mcq")
+
+
+def math_problem(answer: str) -> Problem:
+    return Problem(id="m", task="math", question="Compute it.", answer=answer)
+
+
+# ----- math -----------------------------------------------------------------------------------------
+def test_last_boxed_handles_nesting_and_takes_the_last():
+    assert last_boxed(r"first \boxed{1} then \boxed{\frac{a}{b+\sqrt{2}}} end") == r"\frac{a}{b+\sqrt{2}}"
+    assert last_boxed(r"\boxed {42}") == "42"
+    assert last_boxed(r"\fbox{7}") == "7"
+    assert last_boxed("no answer here") is None
+    assert last_boxed(r"\boxed{12") is None  # never closes
+    assert last_boxed(r"\boxed{3} and a broken \boxed{4") == "3"  # falls back to the last balanced box
+
+
+@pytest.mark.parametrize(
+    ("gold", "completion"),
+    [
+        ("42", r"so \boxed{42}"),
+        ("0.5", r"\boxed{\frac{1}{2}}"),
+        (r"\frac{1}{2}", r"\boxed{0.5}"),
+        (r"\frac{1}{2}", r"\boxed{\dfrac{2}{4}}"),
+        ("3/4", r"\boxed{0.75}"),
+        (r"\frac{\sqrt{2}}{2}", r"\boxed{\frac{1}{\sqrt{2}}}"),
+        (r"x^2+2x+1", r"\boxed{(x+1)^2}"),
+        ("70", r"\boxed{70.0}"),
+        (r"\pi", r"\boxed{\pi}"),
+        ("5", r"\boxed{\text{5}}"),
+    ],
+)
+def test_math_correct_and_equivalent_answers_score_one(gold, completion):
+    assert MATH.score(completion, math_problem(gold)) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("gold", "completion"),
+    [
+        ("42", r"\boxed{43}"),
+        (r"\frac{1}{2}", r"\boxed{\frac{1}{3}}"),
+        ("x^2", r"\boxed{x^3}"),
+        ("42", "I think it is 42"),  # missing box
+        ("42", ""),  # empty
+        ("42", r"\boxed{}"),  # empty box
+        ("42", r"\boxed{42"),  # malformed: unbalanced
+        ("42", r"\boxed{\frac{}{)(}"),  # malformed LaTeX
+    ],
+)
+def test_math_wrong_missing_and_malformed_answers_score_zero(gold, completion):
+    assert MATH.score(completion, math_problem(gold)) == 0.0
+
+
+def test_math_gold_may_itself_be_boxed():
+    assert MATH.score(r"\boxed{7}", math_problem(r"The answer is \boxed{7}")) == 1.0
+
+
+def test_math_scoring_is_safe_in_worker_threads():
+    results: list[float] = []
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            results.append(MATH.score(r"\boxed{\frac{\sqrt{8}}{4}}", math_problem(r"\frac{\sqrt{2}}{2}")))
+        except BaseException as exc:  # collected and re-raised in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results == [1.0] * 4
+
+
+def test_math_equivalence_keys_merge_numeric_forms():
+    p = math_problem("1")
+    assert MATH.equivalence_key("0.5", p) == MATH.equivalence_key(r"\frac{1}{2}", p)
+    assert MATH.equivalence_key("2", p) != MATH.equivalence_key("3", p)
+    assert MATH.equivalence_key(None, p) is None
+    assert exact_number("-3/6") == exact_number(r"-\frac{1}{2}")
+
+
+# ----- multiple choice ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("completion", "letter"),
+    [
+        (r"\boxed{B}", "B"),
+        (r"\boxed{\text{B}}", "B"),
+        (r"\boxed{(B)}", "B"),
+        (r"\boxed{B. Paris}", "B"),
+        (r"\boxed{J}", "J"),
+        ("The answer is (B).", "B"),
+        ("Answer: B", "B"),
+        ("nothing", None),
+        (r"\boxed{K}", None),  # not an option
+        (r"\boxed{Banana}", None),
+    ],
+)
+def test_mcq_extraction(completion, letter):
+    assert MCQ.extract(completion) == letter
+
+
+def test_mcq_scores():
+    p = Problem(id="q", task="mcq", question="?", answer="B")
+    assert MCQ.score(r"\boxed{\text{B}}", p) == 1.0
+    assert MCQ.score(r"\boxed{C}", p) == 0.0
+    assert MCQ.score("no letter", p) == 0.0
+    with pytest.raises(ValueError, match="answer"):
+        MCQ.validate(Problem(id="q", task="mcq", question="?", answer="banana"), "row 3")
+
+
+# ----- Reasoning Gym --------------------------------------------------------------------------------
+# Tasks whose `answer` field is one of many valid solutions or absent, so the stored answer is not
+# guaranteed to score 1.0 (their scorers check validity instead).
+RG_NO_ORACLE = {"boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour", "composite"}
+RG_SAMPLE = [
+    "basic_arithmetic", "chain_sum", "leg_counting", "number_sequence", "figlet_font", "arc_1d", "arc_agi",
+    "needle_haystack", "futoshiki", "kakurasu", "maze", "knight_swap", "tsumego", "tower_of_hanoi",
+    "mini_sudoku", "n_queens", "countdown", "word_sorting", "spell_backward", "gcd", "lcm", "prime_factorization",
+    "base_conversion", "letter_counting", "color_cube_rotation", "rectangle_count", "modulo_grid", "sudoku",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", RG_SAMPLE)
+def test_reasoning_gym_gold_answers_score_one_through_json(name):
+    assert name not in RG_NO_ORACLE
+    for problem in generate_reasoning_gym([name], 2, seed=11):
+        # the entry travels as JSON text, as in verl parquet files
+        stored = Problem(problem.id, "rg", problem.question, problem.answer, {**problem.meta})
+        stored.meta["entry"] = json.dumps(problem.meta["entry"])
+        assert RG.score(f"Thinking...\n<answer>{problem.answer}</answer>", stored) == 1.0, name
+
+
+def test_reasoning_gym_wrong_missing_partial_and_malformed():
+    problem = generate_reasoning_gym(["basic_arithmetic"], 1, seed=5)[0]
+    assert RG.score("no tags at all", problem) == 0.0
+    assert RG.score("<answer>definitely not a number</answer>", problem) == 0.0
+    assert RG.score("<answer>x</answer> <answer>%s</answer>" % problem.answer, problem) == 1.0  # last tag wins
+    # partial credit is kept: the default scorer gives len(gold)/len(answer) when gold is contained
+    partial = generate_reasoning_gym(["spell_backward"], 1, seed=5)[0]
+    score = RG.score(f"<answer>{partial.answer} extra words</answer>", partial)
+    assert 0.0 < score < 1.0
+    broken = Problem("b", "rg", "?", "1", {"dataset_name": "basic_arithmetic", "entry": "{not json"})
+    with pytest.raises(ValueError, match="entry"):
+        RG.validate(broken, "data.jsonl: line 4")
+    with pytest.raises(ValueError, match="dataset_name"):
+        RG.validate(Problem("b", "rg", "?", "1", {"dataset_name": "no_such_task", "entry": {}}), "line 2")
+
+
+# ----- prompts --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["math", "rg", "mcq"])
+def test_aggregation_prompt_holds_question_and_numbered_candidates(name):
+    task = get_task(name)
+    problem = Problem("p", name, "What is 6 times 7?", "42")
+    (message,) = task.aggregation_prompt(problem, ["cand one", "cand two", "cand three"])
+    text = message["content"]
+    assert message["role"] == "user"
+    assert "What is 6 times 7?" in text
+    assert text.index("cand one") < text.index("cand two") < text.index("cand three")
+    assert "Candidate solution 3" in text and "Candidate solution 4" not in text
+    assert "some may be" in text.lower() or "may be incorrect" in text.lower()
+    assert "different strategy" in text
+    assert task.answer_format in text
+
+
+def test_refinement_prompt_for_k1_differs_from_aggregation():
+    problem = Problem("p", "math", "Q?", "1")
+    (refine,) = MATH.aggregation_prompt(problem, ["only candidate"])
+    (aggregate,) = MATH.aggregation_prompt(problem, ["a", "b"])
+    assert "one candidate solution" in refine["content"]
+    assert "only candidate" in refine["content"]
+    assert refine["content"] != aggregate["content"]
+    with pytest.raises(ValueError):
+        MATH.aggregation_prompt(problem, [])
+
+
+def test_registry_and_unknown_task():
+    assert {"math", "rg", "mcq"} <= set(task_names())
+    assert get_task("reasoning_gym") is RG
+    with pytest.raises(ValueError, match="known tasks"):
+        get_task("chess")
