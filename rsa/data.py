@@ -123,7 +123,10 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
     if not isinstance(extra, Mapping):
         raise ValueError(f"{where}: field 'extra_info' must be an object")
     task_name = task or row.get("task") or extra.get("task") or _infer_task(row, extra)
-    task_obj = get_task(task_name)
+    try:
+        task_obj = get_task(str(task_name))
+    except ValueError as exc:
+        raise ValueError(f"{where}: field 'task': {exc}") from None
 
     if "prompt" in row and row["prompt"] is not None:
         question = _question_from_prompt(row["prompt"], where)

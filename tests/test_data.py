@@ -1,0 +1,120 @@
+"""Problem loaders: verl parquet, JSONL, Hugging Face datasets (local), Reasoning Gym, and bad rows."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rsa.data import generate_reasoning_gym, load_problems
+from rsa.tasks import get_task
+
+
+def verl_rows():
+    rg = generate_reasoning_gym(["leg_counting"], 1, seed=4)[0]
+    return [
+        {
+            "data_source": "aime25",
+            "prompt": [{"role": "user", "content": "Find x. Put the answer in \\boxed{}."}],
+            "ability": "math",
+            "reward_model": {"ground_truth": "17", "style": "rule"},
+            "extra_info": {"index": 0},
+        },
+        {
+            "data_source": "reasoning_gym",
+            "prompt": [{"role": "user", "content": rg.question}],
+            "ability": "reasoning",
+            "reward_model": {"ground_truth": rg.answer, "style": "rule"},
+            "extra_info": {"index": 1, "dataset_name": "leg_counting", "entry": json.dumps(rg.meta["entry"])},
+        },
+    ]
+
+
+def write_parquet(path, rows):
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_verl_parquet_layout_loads_and_scores(tmp_path):
+    path = write_parquet(tmp_path / "bench.parquet", verl_rows())
+    math_p, rg_p = load_problems(str(path))
+    assert (math_p.task, math_p.answer, math_p.id) == ("math", "17", "0")
+    assert math_p.question.startswith("Find x.")
+    assert rg_p.task == "rg" and rg_p.meta["dataset_name"] == "leg_counting"
+    assert isinstance(rg_p.meta["entry"], dict)
+    assert get_task("rg").score(f"<answer>{rg_p.answer}</answer>", rg_p) == 1.0
+    assert get_task("math").score(r"\boxed{17}", math_p) == 1.0
+
+
+def test_jsonl_flat_layout_gets_the_answer_format_instruction(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [
+        {"id": "a", "question": "What is 2+3?", "answer": 5},
+        {"id": "b", "task": "mcq", "question": "Capital of France?", "options": ["Rome", "Paris"], "answer": "B"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    a, b = load_problems(str(path))
+    assert a.answer == "5" and "\\boxed{}" in a.question
+    assert "A. Rome" in b.question and "B. Paris" in b.question
+    assert load_problems(str(path), limit=1) == [a]
+
+
+def test_hf_dataset_from_local_path(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list(verl_rows()).save_to_disk(str(tmp_path / "ds"))
+    problems = load_problems(f"hf:{tmp_path / 'ds'}")
+    assert [p.task for p in problems] == ["math", "rg"]
+
+
+def test_reasoning_gym_spec_mixes_tasks_deterministically():
+    a = load_problems("rg:basic_arithmetic+leg_counting", size=6, seed=3)
+    b = load_problems("rg:basic_arithmetic+leg_counting", size=6, seed=3)
+    c = load_problems("rg:basic_arithmetic+leg_counting", size=6, seed=4)
+    assert [p.id for p in a] == [p.id for p in b]
+    assert [p.question for p in a] == [p.question for p in b]
+    assert [p.question for p in a] != [p.question for p in c]
+    assert {p.meta["dataset_name"] for p in a[:2]} == {"basic_arithmetic", "leg_counting"}
+    assert len(load_problems("rg:basic_arithmetic", limit=3)) == 3
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"answer": "1"}, "line 2: no question"),
+        ({"question": "q"}, "line 2: field 'answer'"),
+        ({"question": "q", "answer": "1", "task": "rg", "dataset_name": "leg_counting"}, "line 2: field 'entry'"),
+        ({"question": "q", "answer": "1", "task": "rg", "dataset_name": "nope", "entry": {}}, "line 2: field 'dataset_name'"),
+        ({"prompt": [{"role": "system", "content": "x"}], "answer": "1"}, "line 2: field 'prompt'"),
+        ({"question": "q", "answer": "1", "task": "chess"}, "unknown task"),
+    ],
+)  # fmt: skip
+def test_malformed_rows_name_file_row_and_field(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question": "ok", "answer": "1"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=message) as info:
+        load_problems(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_malformed_parquet_row_is_named(tmp_path):
+    rows = verl_rows()
+    rows[1]["extra_info"]["entry"] = "{not json"
+    path = write_parquet(tmp_path / "b.parquet", rows)
+    with pytest.raises(ValueError, match=r"b\.parquet: row 2: field 'entry'"):
+        load_problems(str(path))
+
+
+def test_bad_specs(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_problems("no-such-benchmark")
+    with pytest.raises(ValueError, match="Reasoning Gym"):
+        load_problems("rg:not_a_task")
+    with pytest.raises(FileNotFoundError):
+        load_problems("missing/file.jsonl")
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"question": "q", "answer": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=r"x\.jsonl: line 2: invalid JSON"):
+        load_problems(str(path))
