@@ -11,6 +11,9 @@ import sys
 COMMANDS = [
     "tiny_model",
     "score",
+    "eval",
+    "report",
+    "demo",
 ]
 
 

@@ -154,7 +154,9 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
     if "tests" in meta:
         meta["tests"] = _json_field(meta["tests"], where, "tests")
     pid = row.get("id") or extra.get("id") or extra.get("index")
-    problem = Problem(id=str(pid) if pid is not None else default_id, task=task_obj.name, question=question, answer=answer, meta=meta)
+    problem = Problem(
+        id=str(pid) if pid is not None else default_id, task=task_obj.name, question=question, answer=answer, meta=meta
+    )
     task_obj.validate(problem, where)
     return problem
 
@@ -178,8 +180,7 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield i, row
+        yield from enumerate(pq.read_table(path).to_pylist(), 1)
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r}; use .parquet, .jsonl or .json")
 

@@ -47,7 +47,9 @@ def test_reward_names_are_trl_log_keys():
 
 
 def test_reward_accepts_plain_string_completions():
-    out = reward_task(prompts=["q", "q"], completions=[r"\boxed{4}", r"\boxed{5}"], task=["math"] * 2, answer=["4", "4"])
+    out = reward_task(
+        prompts=["q", "q"], completions=[r"\boxed{4}", r"\boxed{5}"], task=["math"] * 2, answer=["4", "4"]
+    )
     assert out == [1.0, 0.0]
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from rsa.data import generate_reasoning_gym
 from rsa.tasks import Problem, get_task, task_names
-from rsa.tasks.math import exact_number, last_boxed
+from rsa.tasks.math import last_boxed
+from rsa.voting import cluster_answers, majority_answer
 
 MATH = get_task("math")
 RG = get_task("rg")
@@ -89,12 +90,14 @@ def test_math_scoring_is_safe_in_worker_threads():
     assert results == [1.0] * 4
 
 
-def test_math_equivalence_keys_merge_numeric_forms():
+def test_math_majority_clusters_equivalent_forms():
     p = math_problem("1")
-    assert MATH.equivalence_key("0.5", p) == MATH.equivalence_key(r"\frac{1}{2}", p)
-    assert MATH.equivalence_key("2", p) != MATH.equivalence_key("3", p)
+    answers = ["0.5", None, r"\frac{1}{2}", "3", "1/2", " 3 ", "\\frac{1}{", "\\frac{1}{"]
+    clusters = cluster_answers(MATH, answers, p)
+    assert [c.members for c in clusters] == [[0, 2, 4], [3, 5], [6, 7]]
+    assert majority_answer(MATH, answers, p).answer == "0.5"
+    assert majority_answer(MATH, [None, None], p) is None
     assert MATH.equivalence_key(None, p) is None
-    assert exact_number("-3/6") == exact_number(r"-\frac{1}{2}")
 
 
 # ----- multiple choice ------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def test_reasoning_gym_wrong_missing_partial_and_malformed():
     problem = generate_reasoning_gym(["basic_arithmetic"], 1, seed=5)[0]
     assert RG.score("no tags at all", problem) == 0.0
     assert RG.score("<answer>definitely not a number</answer>", problem) == 0.0
-    assert RG.score("<answer>x</answer> <answer>%s</answer>" % problem.answer, problem) == 1.0  # last tag wins
+    assert RG.score(f"<answer>x</answer> <answer>{problem.answer}</answer>", problem) == 1.0  # last tag wins
     # partial credit is kept: the default scorer gives len(gold)/len(answer) when gold is contained
     partial = generate_reasoning_gym(["spell_backward"], 1, seed=5)[0]
     score = RG.score(f"<answer>{partial.answer} extra words</answer>", partial)
@@ -196,3 +199,28 @@ def test_registry_and_unknown_task():
     assert get_task("reasoning_gym") is RG
     with pytest.raises(ValueError, match="known tasks"):
         get_task("chess")
+
+
+def test_math_fast_paths_agree_with_math_verify_pairwise():
+    """Every shortcut in `answers_equivalent` must give math-verify's own verdict."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    from rsa.tasks.math import answers_equivalent
+
+    answers = [
+        "12", "-12", "12.0", "12.000001", r"\frac{24}{2}", "36/3", r"\frac{1}{3}", "0.333333", "0.3333",
+        "0.5", r"\frac{1}{2}", r"\sqrt{144}", r"\sqrt{2}", "1.414214", r"2\pi", r"\frac{\sqrt{3}}{2}",
+        "x^2 + 1", "(x+1)^2 - 2x", r"\text{12}", "12 + 0", r"\frac{1}{", "??",
+    ]  # fmt: skip
+    config = [LatexExtractionConfig(), ExprExtractionConfig()]
+    disagreements = []
+    for gold in answers:
+        for pred in answers:
+            g, p = parse(f"${gold}$", extraction_config=config), parse(f"${pred}$", extraction_config=config)
+            if g and p:
+                expected = bool(verify(g, p))
+            else:
+                expected = " ".join(gold.split()) == " ".join(pred.split())
+            if answers_equivalent(gold, pred) != expected:
+                disagreements.append((gold, pred, expected))
+    assert not disagreements

@@ -17,7 +17,9 @@ def test_tiny_model_loads_with_auto_classes(tiny_model_dir):
     assert config.model_type == "qwen3"
     assert config.head_dim >= 32
     assert config.vocab_size == len(tok)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi \\boxed{3}"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi \\boxed{3}"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nhi \\boxed{3}<|im_end|>\n<|im_start|>assistant\n"
     assert tok.decode(tok("any text: é 中 \\frac{1}{2}")["input_ids"]) == "any text: é 中 \\frac{1}{2}"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None

@@ -107,5 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for message in errors:
         print(f"rsa score: {message}", file=sys.stderr)
     total = graded + len(errors)
-    print(f"graded {graded}/{total} lines -> {args.output}" + (f"; {len(errors)} bad line(s) skipped" if errors else ""))
+    print(
+        f"graded {graded}/{total} lines -> {args.output}" + (f"; {len(errors)} bad line(s) skipped" if errors else "")
+    )
     return 1 if errors else 0

@@ -11,7 +11,7 @@ import json
 import re
 import threading
 from collections.abc import Hashable
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from rsa.tasks.base import Problem, Task
@@ -46,7 +46,7 @@ def last_answer_tag(text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scorer(dataset_name: str):
     import reasoning_gym
 
@@ -65,7 +65,9 @@ def load_entry(entry: Any, where: str) -> dict:
             raise ValueError(f"{where}: field 'entry' is not valid JSON ({exc.msg} at char {exc.pos})") from None
         if isinstance(value, dict):
             return value
-    raise ValueError(f"{where}: field 'entry' must be the task's entry object (or its JSON), got {type(entry).__name__}")
+    raise ValueError(
+        f"{where}: field 'entry' must be the task's entry object (or its JSON), got {type(entry).__name__}"
+    )
 
 
 class ReasoningGymTask(Task):
