@@ -28,6 +28,15 @@ if [ "$profile" = cpu ]; then
 else
   "${pip[@]}" install -q -c "$constraints" -e ".[gpu,dev]"
 fi
+# bubblewrap isolates the code sandbox; without it the sandbox falls back to rlimits only (loudly).
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }) \
+      || echo "warning: could not install bubblewrap; code sandbox will use rlimits only" >&2
+  else
+    echo "note: bubblewrap (bwrap) not found; install it for the full code sandbox (docs/SANDBOX.md)" >&2
+  fi
+fi
 "$venv/bin/python" - <<'PY'
 import importlib.util, sys
 import rsa
