@@ -37,12 +37,12 @@ if ! command -v bwrap >/dev/null 2>&1; then
     echo "note: bubblewrap (bwrap) not found; install it for the full code sandbox (docs/SANDBOX.md)" >&2
   fi
 fi
-"$venv/bin/python" - <<'PY'
-import importlib.util, sys
+RSA_PROFILE="$profile" "$venv/bin/python" - <<'PY'
+import importlib.util, os, sys
 import rsa
 assert rsa.__file__ and "rsa-rl" in (rsa.__doc__ or ""), f"'import rsa' resolved to {rsa.__file__}, not this project"
 for name in ("torchvision", "torchaudio", "torchcodec"):
-    if importlib.util.find_spec(name) is not None and "cpu" in sys.argv[1:]:
+    if importlib.util.find_spec(name) is not None and os.environ["RSA_PROFILE"] == "cpu":
         sys.exit(f"{name} is installed; remove it (CUDA build breaks CPU imports)")
 PY
 echo "$want" > "$stamp"
