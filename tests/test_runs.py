@@ -1,0 +1,215 @@
+"""Run directories: atomic writes, torn-line repair, manifest, resume refusal, and resume == uninterrupted
+(fault injection on the fake engine; a real SIGKILL of `rsa eval` on the tiny model through the hf engine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rsa.loop import LoopConfig
+from rsa.runs import (
+    METRICS,
+    RunDirectory,
+    append_jsonl,
+    build_manifest,
+    model_revision,
+    run_evaluation,
+    write_json_atomic,
+)
+from rsa.tasks import Problem
+from rsa.tasks.base import PROMPT_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def problems(n: int = 3) -> list[Problem]:
+    return [Problem(id=f"m{i}", task="math", question=f"What is {i} + 1?", answer=str(i + 1)) for i in range(n)]
+
+
+def new_run(path: Path, items, config: dict | None = None) -> RunDirectory:
+    run_dir = RunDirectory(path)
+    run_dir.create(
+        build_manifest(config or {"population": 4}, model="m", engine="fake", revision="r", problems=items, seed=1),
+        items,
+    )
+    return run_dir
+
+
+def records(run_path: Path) -> dict[str, list]:
+    """Every committed record of a run, wall times removed (they differ between runs)."""
+    out = {}
+    for path in sorted(run_path.rglob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for row in rows:
+            row.pop("wall_time_s", None)
+        out[str(path.relative_to(run_path))] = rows
+    out["final"] = json.loads((run_path / "final.json").read_text())
+    return out
+
+
+# ----- files --------------------------------------------------------------------------------------------------
+def test_atomic_json_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})  # not serialisable: fails before the rename
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary left behind
+
+
+def test_torn_metrics_line_is_cut_off(tmp_path):
+    run_dir = new_run(tmp_path / "run", problems(1))
+    for step in (1, 2):
+        (run_dir.path / "population").mkdir(exist_ok=True)
+        run_dir.step_file("population", step).write_text("")
+        append_jsonl(run_dir.path / METRICS, {"step": step, "pass_at_1": 0.5})
+    with open(run_dir.path / METRICS, "a") as fh:
+        fh.write('{"step": 3, "pass_at_')  # killed mid-write
+    assert [s["step"] for s in run_dir.completed_steps()] == [1, 2]
+    assert (run_dir.path / METRICS).read_text().count("\n") == 2
+    assert (run_dir.path / METRICS).read_text().endswith("}\n")
+
+
+def test_committed_step_without_population_is_an_error(tmp_path):
+    run_dir = new_run(tmp_path / "run", problems(1))
+    append_jsonl(run_dir.path / METRICS, {"step": 1})
+    with pytest.raises(ValueError, match="step 1 is committed but its population file is missing"):
+        run_dir.completed_steps()
+
+
+def test_run_directory_layout(tmp_path, fake_engine):
+    items = problems(2)
+    run_dir = new_run(tmp_path / "run", items)
+    config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=64)
+    summaries = run_evaluation(fake_engine(), items, config, run_dir, progress=False)
+    assert [s["step"] for s in summaries] == [1, 2, 3]
+    for key in ("step", "pass_at_1", "pass_at_n", "majority", "mean_length", "tokens_generated", "wall_time_s"):
+        assert key in summaries[0]
+    step3 = [json.loads(line) for line in run_dir.step_file("population", 3).read_text().splitlines()]
+    assert len(step3) == 2 * 4
+    for field in ("problem_id", "slot", "text", "extracted", "score", "num_tokens", "parents", "seed"):
+        assert field in step3[0]
+    assert all(len(r["parents"]) == 2 for r in step3)
+    per_problem = run_dir.step_file("per_problem", 3).read_text().splitlines()
+    assert [json.loads(line)["problem_id"] for line in per_problem] == ["m0", "m1"]
+    final = json.loads((run_dir.path / "final.json").read_text())
+    assert final["rule"] == "random" and len(final["answers"]) == 2
+    assert not list(run_dir.path.rglob("*.tmp"))
+
+
+def test_create_refuses_existing_run(tmp_path):
+    new_run(tmp_path / "run", problems(1))
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        new_run(tmp_path / "run", problems(1))
+
+
+# ----- manifest and resume checks -----------------------------------------------------------------------------
+def test_manifest_records_provenance(tiny_model_dir):
+    manifest = build_manifest(
+        {"population": 4, "seed": 9},
+        model=tiny_model_dir,
+        engine="hf",
+        revision=model_revision(tiny_model_dir),
+        problems=problems(2),
+        seed=9,
+    )
+    assert manifest["prompt_version"] == PROMPT_VERSION
+    assert manifest["model"]["revision"].startswith("sha256:")
+    assert manifest["model"]["revision"] == model_revision(tiny_model_dir)  # stable
+    assert manifest["packages"]["numpy"] and manifest["packages"]["transformers"]
+    assert manifest["seeds"]["run_seed"] == 9
+    assert manifest["problems"]["count"] == 2 and len(manifest["problems"]["sha256"]) == 64
+    assert model_revision("served-name", query_hub=False) is None
+
+
+def test_resume_refuses_changed_config_and_names_keys(tmp_path):
+    items = problems(2)
+    run_dir = new_run(tmp_path / "run", items, {"population": 4, "seed": 1, "batch_size": 8})
+    changed = build_manifest(
+        {"population": 8, "seed": 2, "batch_size": 8}, model="m", engine="fake", revision="r", problems=items, seed=2
+    )
+    with pytest.raises(ValueError, match=r"config.population: run has 4, now 8.*config.seed: run has 1, now 2"):
+        run_dir.check_resumable(changed)
+    other_data = build_manifest(
+        {"population": 4, "seed": 1, "batch_size": 8},
+        model="m",
+        engine="fake",
+        revision="r",
+        problems=items[:1],
+        seed=1,
+    )
+    with pytest.raises(ValueError, match="problems.sha256"):
+        run_dir.check_resumable(other_data)
+    # where it runs may change: batch size is operational
+    same = build_manifest(
+        {"population": 4, "seed": 1, "batch_size": 2}, model="m", engine="fake", revision="r", problems=items, seed=1
+    )
+    run_dir.check_resumable(same)
+
+
+@pytest.mark.parametrize("method", ["rsa", "majority", "refine"])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, fake_engine, method):
+    items = problems(3)
+    config = LoopConfig(method=method, population=4, k=2, steps=4, max_new_tokens=64, seed=5)
+    whole = new_run(tmp_path / "whole", items)
+    run_evaluation(fake_engine(), items, config, whole, progress=False)
+
+    broken = new_run(tmp_path / "broken", items)
+    with pytest.raises(RuntimeError, match="injected failure on generate call 3"):
+        run_evaluation(fake_engine(fail_on_call=3), items, config, broken, progress=False)
+    assert len(broken.completed_steps()) == 2
+    assert not (broken.path / "final.json").exists()
+    engine = fake_engine()
+    run_evaluation(engine, items, config, broken, progress=False)
+    assert len(engine.calls) == 2  # only steps 3 and 4 were generated again
+    assert records(broken.path) == records(whole.path)
+
+
+# ----- a real kill: `rsa eval` on the tiny model through the hf engine -----------------------------------------
+def eval_argv(model: str, out: Path) -> list[str]:
+    return [
+        "eval", "--engine", "hf", "--model", model, "--dataset", "rg:basic_arithmetic", "--limit", "2",
+        "--population", "4", "--k", "2", "--steps", "4", "--max-new-tokens", "16", "--seed", "11",
+        "--dtype", "float32", "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    from rsa.cli import main
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rsa.cli", *eval_argv(tiny_model_dir, killed)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    metrics = killed / METRICS
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and metrics.read_text().count("\n") >= 2:
+                proc.send_signal(signal.SIGKILL)  # step 2 is committed: kill it in the middle of step 3
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    committed = RunDirectory(killed).completed_steps()
+    assert 2 <= len(committed) < 4
+    assert not (killed / "final.json").exists()
+
+    assert main([*eval_argv(tiny_model_dir, killed), "--resume"]) == 0
+    assert main(eval_argv(tiny_model_dir, tmp_path / "whole")) == 0
+    assert records(killed) == records(tmp_path / "whole")
