@@ -1,0 +1,1240 @@
+"""Local sandbox that runs untrusted Python programs against test cases (LiveCodeBench style).
+
+One call of `Sandbox.run(program, tests)` starts ONE fresh sandbox for the program. Inside it a small
+trusted harness (written by this module) forks a fresh child process per test case; the child runs the
+program (a stdin/stdout program, or a module whose `fn_name` is called with JSON arguments). The harness
+sends each child's raw output back to the parent; the PARENT compares it with the expected output. The
+expected outputs never enter the sandbox.
+
+Isolation modes (reported in `RunResult.mode`):
+
+* ``"bwrap"`` (default when bubblewrap works): the program runs as an unprivileged uid/gid with no
+  supplementary groups and no capabilities, inside `bwrap --unshare-user --disable-userns --unshare-all
+  --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --die-with-parent --clearenv --new-session`: a
+  read-only view of the host, a private size-limited /tmp as its only writable place (the working directory
+  /tmp/work starts empty and vanishes with the sandbox), its own PID/IPC/UTS/network namespaces (loopback
+  only), an empty environment and no way to create further user namespaces. /root, /home, the caller's
+  working directory and `hidden_paths` are covered by empty tmpfs mounts (the interpreter's own directories
+  are re-exposed read-only). As root, each concurrent sandbox gets its own unused uid (61000 + n, claimed
+  with a lock file so several processes never share one); an outer root bwrap builds that view, then
+  `setpriv` drops to the uid before the inner, unprivileged bwrap starts. As a normal user the program runs
+  under the caller's own uid (it cannot switch), in a single unprivileged bwrap with the same flags.
+* ``"rlimits"`` (fallback, logged as a WARNING): when bwrap or user namespaces are unavailable, the harness
+  runs as a plain subprocess with rlimits only, in an empty temporary directory, with a scrubbed
+  environment, as the dedicated unused uid when the caller is root (otherwise as the caller).
+
+Limits applied to every test process (both modes): CPU time (RLIMIT_CPU), wall time (the harness kills the
+test's process group, and in bwrap mode every sandbox process, at `timeout_s`; the parent kills the whole
+sandbox at the overall deadline), address space (RLIMIT_AS), process count (RLIMIT_NPROC), file size and
+therefore output size (RLIMIT_FSIZE; output beyond `max_output_bytes` fails the test), open files, no core
+dumps. Tests run in parallel over a bounded pool of `max_workers` sandboxes.
+
+What it protects against (bwrap mode): infinite loops, fork bombs, memory bombs, huge outputs, writes to
+the host file system, reading the parent's environment (tokens, keys), network access, signalling or
+ptracing the parent or any host process, host processes left behind, and tampering with the grading:
+`sys.exit(0)` before the tests, closing stdout, monkeypatching the in-sandbox harness, forging result
+records or returning objects with a rigged `__eq__` can only change what the program reports as ITS OWN
+output, and that output is compared against expected outputs the program never sees.
+
+What it does NOT protect against: kernel exploits (it is a namespace sandbox, not a VM; no seccomp filter);
+reading host files that are world-readable and not hidden (keep test data out of world-readable places or
+list them in `hidden_paths`); CPU/memory contention with the host within the limits; memory used by the
+private /tmp (bounded by `tmpfs_mb`, not counted in RLIMIT_AS); timing side channels. In "rlimits" mode
+there is NO file-system, network or PID isolation: the program can read what its uid can read, open
+network connections and write to world-writable places such as the host /tmp; run as the caller's uid
+(non-root fallback) it can also signal the caller. Use that mode only for trusted code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import pwd
+import queue
+import selectors
+import shutil
+import signal
+import site
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: first uid/gid of the unprivileged ids used as root (one per concurrent sandbox)
+UID_BASE = int(os.environ.get("RSA_SANDBOX_UID_BASE", "61000"))
+UID_COUNT = 1024
+MODES = ("auto", "bwrap", "rlimits")
+OUTPUT_HEAD_CHARS = 500
+STATUSES = ("ok", "timeout", "runtime_error", "memory_limit", "output_limit", "no_result", "killed", "lost")
+
+# Paths inside the bwrap sandbox.
+_IN_SPEC = "/tmp/.rsa"
+_IN_WORK = "/tmp/work"
+_IN_IO = "/tmp/.io"
+# Never covered by `hidden_paths`: the system itself must stay visible.
+_SYSTEM_DIRS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/etc",
+    "/dev",
+    "/proc",
+    "/sys",
+    "/tmp",
+    "/var",
+    "/run",
+)
+_SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (could not start, or is misconfigured); not a verdict on the program."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one sandboxed program; `timeout_s`, `cpu_s`, memory and output apply per test."""
+
+    timeout_s: float = 6.0  # wall-clock limit per test (LiveCodeBench uses 6 s)
+    cpu_s: float | None = None  # CPU-time limit per test process; default ceil(timeout_s) + 1
+    memory_mb: int = 2048  # address space (RLIMIT_AS) per test process
+    max_processes: int = 32  # processes/threads a test may add (RLIMIT_NPROC above the sandbox's own)
+    max_output_bytes: int = 16 << 20  # stdout size and any single file (RLIMIT_FSIZE)
+    max_open_files: int = 256
+    tmpfs_mb: int = 128  # size of the private /tmp (working directory + captured output) in bwrap mode
+    startup_s: float = 30.0  # allowance for the sandbox and the interpreter to start
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "memory_mb", "max_processes", "max_output_bytes", "max_open_files", "tmpfs_mb"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+        if self.cpu_s is not None and self.cpu_s <= 0:
+            raise ValueError(f"Limits.cpu_s must be positive or None, got {self.cpu_s!r}")
+        if self.startup_s <= 0:
+            raise ValueError(f"Limits.startup_s must be positive, got {self.startup_s!r}")
+
+    @property
+    def cpu_limit_s(self) -> int:
+        """The RLIMIT_CPU value in whole seconds."""
+        return int(math.ceil(self.cpu_s if self.cpu_s is not None else self.timeout_s + 1))
+
+    def overall_deadline_s(self, n_tests: int) -> float:
+        """Wall-clock budget of a whole run: start-up plus (timeout + 1 s) per test, LiveCodeBench-like."""
+        return self.startup_s + n_tests * (self.timeout_s + 1.0) + 2.0
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    """Test cases of one problem: `inputs[i]` must produce `outputs[i]`.
+
+    `fn_name` None: stdin/stdout programs; input and output are the full stdin and expected stdout text.
+    `fn_name` set: functional tests; each input is newline-separated JSON arguments of `fn_name` (a method of
+    `class Solution` when the program defines it, else a top-level function), each output the JSON result.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    fn_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) != len(self.outputs):
+            raise ValueError(
+                f"field 'tests.outputs' has {len(self.outputs)} entries but 'tests.inputs' has {len(self.inputs)}"
+            )
+
+    @property
+    def mode(self) -> str:
+        """Either "call" (functional tests) or "stdin" (stdin/stdout programs)."""
+        return "call" if self.fn_name else "stdin"
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @classmethod
+    def from_dict(cls, tests: Any, where: str = "tests") -> TestSuite:
+        """Build from {"inputs": [...], "outputs": [...], "fn_name": name or None}; ValueError names the field.
+
+        For functional tests an input may also be a list of arguments and an output any JSON value; they are
+        converted to LiveCodeBench's text form.
+        """
+        if not isinstance(tests, Mapping):
+            raise ValueError(
+                f"{where}: field 'tests' must be an object {{inputs, outputs, fn_name}}, got {type(tests).__name__}"
+            )
+        fn_name = tests.get("fn_name")
+        if fn_name is not None and (not isinstance(fn_name, str) or not fn_name.isidentifier()):
+            raise ValueError(f"{where}: field 'tests.fn_name' must be a Python identifier or null, got {fn_name!r}")
+        fn_name = fn_name or None
+        columns = {}
+        for key in ("inputs", "outputs"):
+            values = tests.get(key)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"{where}: field 'tests.{key}' must be a non-empty list")
+            converted = []
+            for i, value in enumerate(values):
+                if isinstance(value, str):
+                    converted.append(value)
+                elif fn_name and key == "inputs" and isinstance(value, (list, tuple)):
+                    converted.append("\n".join(json.dumps(arg) for arg in value))
+                elif fn_name and key == "outputs":
+                    converted.append(json.dumps(value))
+                else:
+                    raise ValueError(f"{where}: field 'tests.{key}[{i}]' must be a string, got {type(value).__name__}")
+            columns[key] = tuple(converted)
+        if len(columns["inputs"]) != len(columns["outputs"]):
+            raise ValueError(
+                f"{where}: field 'tests.outputs' has {len(columns['outputs'])} entries "
+                f"but 'tests.inputs' has {len(columns['inputs'])}"
+            )
+        return cls(columns["inputs"], columns["outputs"], fn_name)
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """Verdict on one test case. `status` is one of STATUSES ("lost": the sandbox ended before reporting it)."""
+
+    __test__ = False
+
+    index: int
+    status: str
+    passed: bool
+    time_s: float = 0.0
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: str = ""
+    output_head: str = ""  # start of what the program printed (functional tests: of its JSON result)
+
+
+@dataclass
+class RunResult:
+    """Everything one sandboxed run produced: the isolation mode that ran and one outcome per test."""
+
+    mode: str
+    outcomes: list[TestOutcome]
+    total: int
+    wall_s: float = 0.0
+    error: str | None = None  # why the run ended early, when it did
+    detail: str = ""  # isolation details, e.g. the uid
+    uid: int | None = None  # host uid the program ran as
+
+    @property
+    def passed(self) -> int:
+        """Number of tests passed."""
+        return sum(o.passed for o in self.outcomes)
+
+    @property
+    def all_passed(self) -> bool:
+        """True when every test passed (LiveCodeBench's pass criterion)."""
+        return self.total > 0 and self.passed == self.total
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of tests passed, in [0, 1]."""
+        return self.passed / self.total if self.total else 0.0
+
+    def statuses(self) -> list[str]:
+        """Status of each test in order ("lost" where none was reported)."""
+        by_index = {o.index: o.status for o in self.outcomes}
+        return [by_index.get(i, "lost") for i in range(self.total)]
+
+
+# ----- output comparison (parent side) ------------------------------------------------------------------------
+def _stripped_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.strip().split("\n")]
+
+
+def _as_decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def stdout_matches(actual: str, expected: str) -> bool:
+    """LiveCodeBench's stdout check: equal after stripping the text and every line; a differing line still
+    matches when all its whitespace-separated tokens are numbers with equal values (e.g. "1.0" == "1")."""
+    got, want = _stripped_lines(actual), _stripped_lines(expected)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if a == b:
+            continue
+        da, db = _as_decimals(a), _as_decimals(b)
+        if da is None or db is None or len(da) != len(db) or da != db:
+            return False
+    return True
+
+
+def result_matches(actual_json: str, expected: str) -> bool:
+    """LiveCodeBench's functional check: the returned value (as JSON; tuples become lists) equals the
+    expected JSON value exactly; an expected output that is not JSON is compared as a stripped string."""
+    try:
+        actual = json.loads(actual_json)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    try:
+        want = json.loads(expected)
+    except json.JSONDecodeError:
+        return isinstance(actual, str) and actual.strip() == expected.strip()
+    return actual == want
+
+
+# ----- the in-sandbox harness ---------------------------------------------------------------------------------
+# Trusted code written next to the spec and run by the sandbox's interpreter (`python -I -S`). It forks one child
+# per test; the child lowers its rlimits, redirects fds 0/1/2 to the test's files, closes every other fd, and
+# only then runs the untrusted program. The harness itself is made non-dumpable so children (same uid) can
+# neither ptrace it nor open its fds through /proc. It reports raw outputs over its stdout as frames
+# (a JSON header line, then `out` + `err` raw bytes); it never sees expected outputs.
+_HARNESS = r'''
+import json, os, resource, select, signal, sys, time
+
+MEMORY_EXIT, SETUP_EXIT, NO_RESULT_EXIT = 121, 122, 123
+PRELUDE = """
+from string import *
+from re import *
+from datetime import *
+from collections import *
+from heapq import *
+from bisect import *
+from copy import *
+from math import *
+from random import *
+from statistics import *
+from itertools import *
+from functools import *
+from operator import *
+from io import *
+from sys import *
+from json import *
+from builtins import *
+from typing import *
+import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
+import itertools, functools, operator, io, sys, json, typing
+"""
+
+
+def write_all(data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def frame(header, out=b"", err=b""):
+    header["out"], header["err"] = len(out), len(err)
+    write_all(json.dumps(header).encode() + b"\n" + out + err)
+
+
+def make_undumpable():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def own_task_count():
+    uid, count = os.getuid(), 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/status" % name) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                count += int(fields.get("Threads", "1"))
+        except (OSError, KeyError, ValueError):
+            continue
+    return count
+
+
+def set_limits(spec, base_tasks):
+    def cap(res, value):
+        soft, hard = resource.getrlimit(res)
+        value = int(value)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(res, (value, value))
+    cap(resource.RLIMIT_CORE, 0)
+    cap(resource.RLIMIT_NOFILE, spec["max_open_files"])
+    cap(resource.RLIMIT_FSIZE, spec["max_output_bytes"])
+    cap(resource.RLIMIT_NPROC, base_tasks + spec["max_processes"])
+    soft = int(spec["cpu_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
+    cap(resource.RLIMIT_AS, spec["memory_bytes"])
+
+
+def finish():
+    import atexit, threading
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def child(spec, i, base_tasks):
+    try:
+        os.setpgid(0, 0)
+        fd_in = os.open(os.path.join(spec["spec_dir"], "in%d" % i), os.O_RDONLY)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fd_out = os.open(os.path.join(spec["io_dir"], "out%d" % i), flags, 0o600)
+        fd_err = os.open(os.path.join(spec["io_dir"], "err%d" % i), flags, 0o600)
+        os.dup2(fd_in, 0)
+        os.dup2(fd_out, 1)
+        os.dup2(fd_err, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(spec["work_dir"])
+        set_limits(spec, base_tasks)
+        import builtins
+        sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
+        sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
+        sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
+        sys.argv = ["solution.py"]
+        result_path = os.path.join(spec["io_dir"], "res%d" % i)
+        call = spec["fn_name"] is not None
+        with open(os.path.join(spec["spec_dir"], "solution.py"), encoding="utf-8") as f:
+            source = f.read()
+        if call:
+            with open(os.path.join(spec["spec_dir"], "in%d" % i), encoding="utf-8") as f:
+                arg_text = f.read()
+    except BaseException:
+        os._exit(SETUP_EXIT)
+    try:
+        namespace = {"__name__": "solution" if call else "__main__", "__builtins__": builtins, "__file__": "solution.py"}
+        exec(PRELUDE, namespace)
+        exec(compile(source, "solution.py", "exec"), namespace)
+        if call:
+            name = spec["fn_name"]
+            holder = namespace.get("Solution")
+            if isinstance(holder, type) and hasattr(holder, name):
+                fn = getattr(holder(), name)
+            elif callable(namespace.get(name)):
+                fn = namespace[name]
+            else:
+                raise NameError("the program defines neither Solution.%s nor a function %s" % (name, name))
+            args = [json.loads(line) for line in arg_text.split("\n") if line.strip()]
+            payload = json.dumps(fn(*args))
+            with open(result_path, "w", encoding="utf-8") as f:
+                f.write(payload)
+        finish()
+    except SystemExit as exc:
+        code = exc.code
+        if call:
+            os._exit(NO_RESULT_EXIT)
+        try:
+            if code is not None and not isinstance(code, int):
+                print(code, file=sys.stderr)
+            finish()
+        except BaseException:
+            os._exit(1)
+        os._exit(0 if code is None or code == 0 else (code if isinstance(code, int) and 0 < code < 256 else 1))
+    except MemoryError:
+        os._exit(MEMORY_EXIT)
+    except BaseException:
+        try:
+            import traceback
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        os._exit(1)
+    os._exit(0)
+
+
+def wait_for(pid, timeout, kill_all):
+    deadline = time.monotonic() + timeout
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if pidfd is not None:
+            select.select([pidfd], [], [], remaining)
+        else:
+            time.sleep(min(remaining, 0.005))
+    if pidfd is not None:
+        os.close(pidfd)
+    if done:
+        return status, False
+    kill_rest(pid, kill_all)
+    return os.waitpid(pid, 0)[1], True
+
+
+def kill_rest(pgid, kill_all):
+    for target, sig in ((-pgid, signal.SIGKILL), (-1, signal.SIGKILL)):
+        if target == -1 and not (kill_all and os.getuid() != 0):
+            continue
+        try:
+            os.kill(target, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def read_capped(path, limit, tail=False):
+    try:
+        with open(path, "rb") as f:
+            if tail:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - limit))
+            data = f.read(limit + 1)
+        os.unlink(path)
+        return data
+    except FileNotFoundError:
+        return None
+
+
+def main():
+    spec_dir = sys.argv[1]
+    with open(os.path.join(spec_dir, "spec.json"), encoding="utf-8") as f:
+        spec = json.load(f)
+    spec["spec_dir"] = spec_dir
+    sys.path.extend(spec["site_dirs"])
+    import builtins
+    if not hasattr(builtins, "exit"):  # `python -S` has no site-provided exit()/quit()
+        builtins.exit = builtins.quit = sys.exit
+    make_undumpable()
+    exec(PRELUDE, {})  # warm the imports every child needs
+    base_tasks = own_task_count()
+    frame({"ready": True, "uid": os.getuid(), "pid": os.getpid()})
+    limit = spec["max_output_bytes"]
+    for i in range(spec["n"]):
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            child(spec, i, base_tasks)
+        status, timed_out = wait_for(pid, spec["timeout_s"], spec["kill_all"])
+        elapsed = time.monotonic() - start
+        kill_rest(pid, spec["kill_all"])
+        reap()
+        out = read_capped(os.path.join(spec["io_dir"], "out%d" % i), limit) or b""
+        err = read_capped(os.path.join(spec["io_dir"], "err%d" % i), 2000, tail=True) or b""
+        res = read_capped(os.path.join(spec["io_dir"], "res%d" % i), limit)
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        if timed_out or sig == signal.SIGXCPU:
+            verdict = "timeout"
+        elif len(out) >= limit or (res is not None and len(res) >= limit) or sig == signal.SIGXFSZ:
+            verdict = "output_limit"
+        elif sig == signal.SIGKILL:
+            verdict = "killed"
+        elif sig is not None:
+            verdict = "runtime_error"
+        elif code == MEMORY_EXIT:
+            verdict = "memory_limit"
+        elif code == NO_RESULT_EXIT:
+            verdict = "no_result"
+        elif code == SETUP_EXIT:
+            frame({"fatal": "test %d could not be set up inside the sandbox" % i}, err=err[-2000:])
+            return
+        elif code != 0:
+            if code == 1 and b"OSError: [Errno 27]" in err:
+                verdict = "output_limit"
+            else:
+                verdict = "runtime_error"
+        elif spec["fn_name"] is not None and res is None:
+            verdict = "no_result"
+        else:
+            verdict = "ok"
+        if verdict != "ok":
+            out = b""
+        elif spec["fn_name"] is not None:
+            out = res
+        frame({"i": i, "status": verdict, "exit": code, "signal": sig, "time_s": round(elapsed, 4)}, out[:limit], err[-2000:])
+    frame({"done": True})
+
+
+main()
+'''
+
+
+# ----- host-side helpers ---------------------------------------------------------------------------------------
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _site_dirs() -> list[str]:
+    dirs = []
+    candidates = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    candidates += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    for path in candidates:
+        if os.path.isdir(path) and path not in dirs:
+            dirs.append(path)
+    return dirs
+
+
+def _interpreter_paths(python: str) -> list[str]:
+    """Directories the interpreter needs to start and import installed packages."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *_site_dirs()]
+    exe_dir = os.path.dirname(os.path.abspath(python))
+    paths += [exe_dir, os.path.dirname(os.path.realpath(python))]
+    out: list[str] = []
+    for path in paths:
+        for variant in (os.path.abspath(path), os.path.realpath(path)):
+            if os.path.isdir(variant) and variant not in out:
+                out.append(variant)
+    return out
+
+
+def _untraversable_ancestor(path: str) -> str | None:
+    """Highest ancestor of `path` that a stranger uid cannot traverse (no o+x), or None."""
+    parts = os.path.abspath(path).split("/")[1:]
+    current = ""
+    for part in parts[:-1] if len(parts) > 1 else []:
+        current += "/" + part
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return None
+        if not mode & stat.S_IXOTH:
+            return current
+    return None
+
+
+def _collapse(paths: Iterable[str]) -> list[str]:
+    """Sorted paths with those nested inside another one dropped."""
+    out: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(_is_under(path, kept) for kept in out):
+            out.append(path)
+    return out
+
+
+def _view_args(hidden: Sequence[str], exposed: Sequence[str]) -> list[str]:
+    """bwrap arguments covering `hidden` with empty tmpfs and re-binding `exposed` paths lying beneath them."""
+    args: list[str] = []
+    hidden = _collapse(hidden)
+    for path in hidden:
+        args += ["--tmpfs", path]
+    made: set[str] = set(hidden)
+    for path in _collapse(exposed):
+        root = next((h for h in hidden if _is_under(path, h) and path != h), None)
+        if root is None:
+            continue
+        current = root
+        for part in path[len(root) :].strip("/").split("/"):
+            current = f"{current}/{part}"
+            if current not in made:
+                args += ["--perms", "0755", "--dir", current]
+                made.add(current)
+        args += ["--ro-bind", path, path]
+    return args
+
+
+def _uid_processes(uid: int) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="utf-8") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid:
+                            pids.append(int(name))
+                        break
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process whose real uid is `uid` (only used for the sandbox's own claimed uids)."""
+    if uid == 0 or uid == os.getuid():
+        return
+    for _ in range(5):
+        pids = _uid_processes(uid)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+class _Slot:
+    """One worker's identity: the uid its programs run as (a claimed unused uid when root)."""
+
+    def __init__(self) -> None:
+        self.lock_fd: int | None = None
+        if os.geteuid() != 0:
+            self.uid, self.gid = os.getuid(), os.getgid()
+            return
+        lock_dir = os.path.join(tempfile.gettempdir(), "rsa-sandbox-uids")
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        for uid in range(UID_BASE, UID_BASE + UID_COUNT):
+            try:
+                pwd.getpwuid(uid)
+                continue  # a real account: not "unused"
+            except KeyError:
+                pass
+            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.lock_fd, self.uid, self.gid = fd, uid, uid
+            _kill_uid(uid)  # leftovers of a crashed earlier owner
+            return
+        raise SandboxError(f"no free sandbox uid in {UID_BASE}..{UID_BASE + UID_COUNT - 1} (set RSA_SANDBOX_UID_BASE)")
+
+    @property
+    def dedicated(self) -> bool:
+        return self.lock_fd is not None
+
+    def release(self) -> None:
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def _bwrap_features(bwrap: str) -> set[str]:
+    try:
+        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {flag for flag in ("--disable-userns", "--size", "--perms", "--unshare-cgroup-try") if flag in text}
+
+
+_PROBED: dict[tuple, tuple[str, str]] = {}
+_PROBE_LOCK = threading.Lock()
+
+
+class Sandbox:
+    """Runs programs against test suites in isolated, resource-limited processes; thread-safe.
+
+    `mode`: "auto" (bwrap when it works, else a loud fallback to "rlimits"), "bwrap" (fail if unavailable) or
+    "rlimits". `max_workers` bounds concurrent sandboxes (default: CPU count). `hidden_paths` are covered with
+    empty directories inside the sandbox in addition to /root, /home and the current working directory.
+    """
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        *,
+        mode: str = "auto",
+        max_workers: int | None = None,
+        python: str | None = None,
+        hidden_paths: Sequence[str] = (),
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"Sandbox mode must be one of {MODES}, got {mode!r}")
+        self.limits = limits or Limits()
+        self.max_workers = max(1, int(max_workers or os.cpu_count() or 1))
+        self.python = python or sys.executable
+        self.requested_mode = mode
+        self.hidden_paths = tuple(os.path.realpath(p) for p in hidden_paths)
+        self._bwrap = shutil.which("bwrap")
+        self._setpriv = shutil.which("setpriv")
+        self._features = _bwrap_features(self._bwrap) if self._bwrap else set()
+        self._slots: queue.Queue[_Slot] = queue.Queue()
+        self._n_slots = 0
+        self._slot_lock = threading.Lock()
+        self._mode: str | None = None
+        self._mode_reason = ""
+        self._drop_ok: bool | None = None
+
+    # ----- public API -----------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The isolation mode runs use: "bwrap" or "rlimits" (probed on first use)."""
+        if self._mode is None:
+            self._resolve_mode()
+        return self._mode  # type: ignore[return-value]
+
+    def run(self, program: str, tests: TestSuite, *, fail_fast: bool = False) -> RunResult:
+        """Run `program` on every test of `tests` in one fresh sandbox and compare outputs in this process.
+
+        `fail_fast` stops at the first failed test (the rest count as failed). Raises SandboxError when the
+        sandbox cannot start; any misbehaviour of the program only fails its tests.
+        """
+        if not isinstance(tests, TestSuite):
+            raise TypeError(f"tests must be a TestSuite, got {type(tests).__name__}")
+        mode = self.mode
+        slot = self._acquire_slot()
+        try:
+            return self._run_in_slot(program, tests, slot, mode, fail_fast)
+        finally:
+            self._slots.put(slot)
+
+    def run_many(
+        self, jobs: Sequence[tuple[str, TestSuite]], *, fail_fast: bool = False, max_workers: int | None = None
+    ) -> list[RunResult]:
+        """Run (program, tests) jobs in parallel over at most `max_workers` sandboxes; results in job order."""
+        if not jobs:
+            return []
+        self.mode  # noqa: B018 -- probe once before the workers start
+        workers = min(len(jobs), max_workers or self.max_workers, self.max_workers)
+        if workers == 1:
+            return [self.run(program, tests, fail_fast=fail_fast) for program, tests in jobs]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsa-sandbox") as pool:
+            return list(pool.map(lambda job: self.run(job[0], job[1], fail_fast=fail_fast), jobs))
+
+    def close(self) -> None:
+        """Release the claimed uids (idempotent)."""
+        while True:
+            try:
+                self._slots.get_nowait().release()
+            except queue.Empty:
+                return
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: nothing sensible left to do
+            self.close()
+
+    # ----- mode selection -------------------------------------------------------------------------------------
+    def _resolve_mode(self) -> None:
+        with _PROBE_LOCK:
+            if self._mode is not None:
+                return
+            if self.requested_mode == "rlimits":
+                self._mode, self._mode_reason = "rlimits", "requested"
+                return
+            key = (self._bwrap, self._setpriv, self.python, os.geteuid(), self.hidden_paths, os.getcwd())
+            if key not in _PROBED:
+                _PROBED[key] = self._probe_bwrap()
+            mode, reason = _PROBED[key]
+            if mode != "bwrap":
+                if self.requested_mode == "bwrap":
+                    raise SandboxError(f"bubblewrap sandbox unavailable: {reason}")
+                logger.warning(
+                    "SANDBOX FALLBACK: bubblewrap isolation is unavailable (%s); untrusted code will run with "
+                    "rlimits only -- no file-system, network or PID isolation. Install it with "
+                    "`apt-get install -y bubblewrap` and allow user namespaces.",
+                    reason,
+                )
+            self._mode, self._mode_reason = mode, reason
+
+    def _probe_bwrap(self) -> tuple[str, str]:
+        if not self._bwrap:
+            return "rlimits", "the `bwrap` command was not found"
+        if os.geteuid() == 0 and not self._setpriv:
+            return "rlimits", "running as root needs `setpriv` (util-linux) to drop to an unprivileged uid"
+        if "--disable-userns" not in self._features:
+            logger.warning(
+                "bwrap lacks --disable-userns (needs bubblewrap >= 0.8): nested user namespaces stay possible"
+            )
+        slot = self._acquire_slot()
+        try:
+            probe = TestSuite(("41\n",), ("42\n",))
+            result = self._run_in_slot("print(int(input()) + 1)", probe, slot, "bwrap", False, limits=Limits())
+        except SandboxError as exc:
+            return "rlimits", str(exc)
+        finally:
+            self._slots.put(slot)
+        if not result.all_passed:
+            return "rlimits", f"probe program did not pass inside bwrap: {result.statuses()} {result.error or ''}"
+        return "bwrap", "probe passed"
+
+    def _acquire_slot(self) -> _Slot:
+        with self._slot_lock:
+            try:
+                return self._slots.get_nowait()
+            except queue.Empty:
+                if self._n_slots < self.max_workers:
+                    self._n_slots += 1
+                    try:
+                        return _Slot()
+                    except BaseException:
+                        self._n_slots -= 1
+                        raise
+        return self._slots.get()
+
+    # ----- one run ----------------------------------------------------------------------------------------------
+    def _env(self, home: str) -> dict[str, str]:
+        return {
+            "PATH": _SAFE_PATH,
+            "HOME": home,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+
+    def _write_spec(
+        self, program: str, tests: TestSuite, host_dir: str, mode: str, slot: _Slot, limits: Limits
+    ) -> None:
+        inside = mode == "bwrap"
+        work_dir = _IN_WORK if inside else os.path.join(host_dir, "work")
+        io_dir = _IN_IO if inside else os.path.join(host_dir, "io")
+        drop = inside or self._fallback_drops_uid(slot)
+        spec = {
+            "n": len(tests),
+            "fn_name": tests.fn_name,
+            "timeout_s": limits.timeout_s,
+            "cpu_s": limits.cpu_limit_s,
+            "memory_bytes": int(limits.memory_mb) << 20,
+            "max_processes": int(limits.max_processes),
+            "max_output_bytes": int(limits.max_output_bytes),
+            "max_open_files": int(limits.max_open_files),
+            "work_dir": work_dir,
+            "io_dir": io_dir,
+            "site_dirs": _site_dirs(),
+            # kill(-1) is safe only where every process this uid can signal belongs to this sandbox.
+            "kill_all": inside or (slot.dedicated and drop),
+        }
+        files = {"spec.json": json.dumps(spec), "harness.py": _HARNESS, "solution.py": program}
+        files.update({f"in{i}": text for i, text in enumerate(tests.inputs)})
+        for name, text in files.items():
+            with open(os.path.join(host_dir, name), "w", encoding="utf-8", errors="surrogatepass") as f:
+                f.write(text)
+        if not inside:
+            for sub in ("work", "io"):
+                os.mkdir(os.path.join(host_dir, sub), 0o700)
+        if slot.dedicated and drop:
+            for root, dirs, names in os.walk(host_dir):
+                for name in [*dirs, *names]:
+                    os.chown(os.path.join(root, name), slot.uid, slot.gid)
+            os.chown(host_dir, slot.uid, slot.gid)
+
+    def _hidden_and_exposed(self, host_dir: str) -> tuple[list[str], list[str]]:
+        exposed = [*_interpreter_paths(self.python), host_dir]
+        hidden = [os.path.realpath(p) for p in ("/root", "/home", os.getcwd()) if os.path.isdir(p)]
+        hidden += [p for p in self.hidden_paths if os.path.exists(p)]
+        if os.geteuid() == 0:
+            hidden += [a for a in (_untraversable_ancestor(p) for p in exposed) if a]
+        hidden = [p for p in hidden if p != "/" and not any(_is_under(d, p) for d in _SYSTEM_DIRS)]
+        return hidden, exposed
+
+    def _bwrap_command(self, host_dir: str, slot: _Slot, limits: Limits) -> list[str]:
+        sized = "--size" in self._features
+        tmpfs_size = ["--size", str(int(limits.tmpfs_mb) << 20)] if sized else []
+        # captured output lives on its own tmpfs, so a program filling /tmp cannot starve the capture
+        io_size = ["--size", str(2 * int(limits.max_output_bytes) + (4 << 20))] if sized else []
+        hidden, exposed = self._hidden_and_exposed(host_dir)
+        view = _view_args(hidden, exposed)
+        inner = [self._bwrap, "--unshare-all", "--unshare-user"]
+        if "--disable-userns" in self._features:
+            inner.append("--disable-userns")
+        inner += ["--as-pid-1", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]
+        if not slot.dedicated:
+            # Unprivileged caller: one bwrap, same uid; hide the caller's private directories in it.
+            inner += view
+        inner += ["--dev", "/dev", "--proc", "/proc"]
+        inner += [*tmpfs_size, "--tmpfs", "/tmp", "--ro-bind", host_dir, _IN_SPEC, "--dir", _IN_WORK]
+        inner += [*io_size, "--tmpfs", _IN_IO]
+        inner += ["--chdir", _IN_WORK, "--hostname", "sandbox", "--clearenv"]
+        for key, value in self._env(_IN_WORK).items():
+            inner += ["--setenv", key, value]
+        inner += ["--", self.python, "-I", "-S", f"{_IN_SPEC}/harness.py", _IN_SPEC]
+        if not slot.dedicated:
+            return inner
+        # Root: the outer bwrap builds the view (hiding root-only places and re-exposing the interpreter), then
+        # setpriv drops to the claimed uid with no groups and no capabilities before the inner bwrap starts.
+        cgroup = "--unshare-cgroup-try" if "--unshare-cgroup-try" in self._features else "--unshare-cgroup"
+        outer = [self._bwrap, "--unshare-net", "--unshare-ipc", "--unshare-uts", cgroup, "--die-with-parent"]
+        outer += ["--new-session", "--ro-bind", "/", "/", "--bind", "/proc", "/proc", *view, "--clearenv", "--"]
+        drop = [self._setpriv, f"--reuid={slot.uid}", f"--regid={slot.gid}", "--clear-groups"]
+        drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        return [*outer, *drop, *inner]
+
+    def _fallback_drops_uid(self, slot: _Slot) -> bool:
+        """Whether the rlimits fallback can run as the claimed uid (it must reach the interpreter)."""
+        if not slot.dedicated:
+            return False
+        if self._drop_ok is None:
+            paths = [os.path.realpath(self.python), *_interpreter_paths(self.python)]
+            self._drop_ok = not any(_untraversable_ancestor(p) for p in paths)
+            if not self._drop_ok:
+                logger.warning(
+                    "SANDBOX FALLBACK RUNS AS ROOT: the interpreter %s is not reachable by an unprivileged uid, so "
+                    "rlimits-only runs keep the caller's uid 0 (no process-count limit binds root)",
+                    self.python,
+                )
+        return self._drop_ok
+
+    def _run_in_slot(
+        self, program: str, tests: TestSuite, slot: _Slot, mode: str, fail_fast: bool, limits: Limits | None = None
+    ) -> RunResult:
+        limits = limits or self.limits
+        start = time.monotonic()
+        host_dir = tempfile.mkdtemp(prefix="rsa-sandbox-")
+        drop = mode == "bwrap" or self._fallback_drops_uid(slot)
+        uid = slot.uid if drop else os.getuid()
+        detail = f"uid {uid}" + (" (dedicated)" if drop and slot.dedicated else " (caller's uid)")
+        try:
+            self._write_spec(program, tests, host_dir, mode, slot, limits)
+            popen_kwargs: dict[str, Any] = {}
+            if mode == "bwrap":
+                command = self._bwrap_command(host_dir, slot, limits)
+                cwd = "/"
+            else:
+                command = [self.python, "-I", "-S", os.path.join(host_dir, "harness.py"), host_dir]
+                cwd = os.path.join(host_dir, "work")
+                if drop and slot.dedicated:
+                    popen_kwargs.update(user=slot.uid, group=slot.gid, extra_groups=[], umask=0o077)
+            env = self._env(cwd if mode != "bwrap" else "/nonexistent")
+            try:
+                proc = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    **popen_kwargs,
+                )
+            except OSError as exc:
+                raise SandboxError(f"could not start the sandbox ({command[0]}): {exc}") from exc
+            result = self._collect(proc, tests, mode, slot, fail_fast, start, limits)
+            result.detail, result.uid = detail, uid
+            return result
+        finally:
+            shutil.rmtree(host_dir, onerror=_force_remove)
+
+    def _collect(
+        self,
+        proc: subprocess.Popen,
+        tests: TestSuite,
+        mode: str,
+        slot: _Slot,
+        fail_fast: bool,
+        start: float,
+        limits: Limits,
+    ) -> RunResult:
+        n = len(tests)
+        ready_deadline = start + limits.startup_s
+        deadline = start + limits.overall_deadline_s(n)
+        cap = n * (limits.max_output_bytes + 4096) + (1 << 20)
+        reader = _FrameReader(cap)
+        stderr_tail = bytearray()
+        outcomes: dict[int, TestOutcome] = {}
+        error: str | None = None
+        ready = done = False
+        killed = False
+        selector = selectors.DefaultSelector()
+        for stream in (proc.stdout, proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+            selector.register(stream, selectors.EVENT_READ)
+        try:
+            open_streams = 2
+            while open_streams:
+                now = time.monotonic()
+                limit_at = deadline if ready else ready_deadline
+                if now >= limit_at:
+                    error = (
+                        "overall time limit exceeded"
+                        if ready
+                        else f"sandbox did not start within {limits.startup_s:g} s"
+                    )
+                    break
+                for key, _ in selector.select(timeout=limit_at - now):
+                    try:
+                        chunk = os.read(key.fileobj.fileno(), 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        open_streams -= 1
+                        continue
+                    if key.fileobj is proc.stderr:
+                        stderr_tail += chunk
+                        del stderr_tail[:-4096]
+                        continue
+                    try:
+                        frames = reader.feed(chunk)
+                    except ValueError as exc:
+                        error = f"protocol violation: {exc}"
+                        frames = None
+                    if frames is None:
+                        open_streams = 0
+                        break
+                    for header, out, err in frames:
+                        if header.get("ready"):
+                            ready = True
+                        elif header.get("done"):
+                            done = True
+                        elif "fatal" in header:
+                            error = f"harness: {header['fatal']}: {err.decode('utf-8', 'replace')}"
+                        else:
+                            outcome = self._judge(header, out, err, tests, outcomes)
+                            if outcome is None:
+                                error = f"protocol violation: unexpected record {header!r}"
+                                open_streams = 0
+                                break
+                            outcomes[outcome.index] = outcome
+                            if fail_fast and not outcome.passed:
+                                error = f"stopped at first failed test ({outcome.index})"
+                                open_streams = 0
+                                break
+                    if not open_streams:
+                        break
+        finally:
+            selector.close()
+            if proc.poll() is None and not done:
+                killed = True
+            self._stop(proc, slot, force=killed or error is not None)
+        if not ready:
+            message = stderr_tail.decode("utf-8", "replace").strip()
+            raise SandboxError(
+                f"sandbox failed to start ({mode}): {error or 'exited early'}; stderr: {message[-1500:]}"
+            )
+        if not done and error is None:
+            error = f"sandbox ended after {len(outcomes)} of {n} tests (exit status {proc.returncode})"
+        ordered = [outcomes[i] for i in sorted(outcomes)]
+        return RunResult(mode=mode, outcomes=ordered, total=n, wall_s=time.monotonic() - start, error=error)
+
+    def _judge(
+        self, header: dict, out: bytes, err: bytes, tests: TestSuite, seen: Mapping[int, TestOutcome]
+    ) -> TestOutcome | None:
+        index = header.get("i")
+        status = header.get("status")
+        if not isinstance(index, int) or not 0 <= index < len(tests) or index in seen or status not in STATUSES:
+            return None
+        passed = False
+        text = out.decode("utf-8", "replace")
+        if status == "ok":
+            if tests.fn_name:
+                passed = result_matches(text, tests.outputs[index])
+            else:
+                passed = stdout_matches(text, tests.outputs[index])
+        return TestOutcome(
+            index=index,
+            status=status,
+            passed=passed,
+            time_s=float(header.get("time_s") or 0.0),
+            exit_code=header.get("exit"),
+            signal=header.get("signal"),
+            stderr_tail=err.decode("utf-8", "replace"),
+            output_head=text[:OUTPUT_HEAD_CHARS],
+        )
+
+    def _stop(self, proc: subprocess.Popen, slot: _Slot, force: bool) -> None:
+        if force and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.error("sandbox process %d did not exit after SIGKILL", proc.pid)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        if slot.dedicated and (force or self._mode == "rlimits"):
+            _kill_uid(slot.uid)
+
+
+class _FrameReader:
+    """Incremental parser of the harness protocol: a JSON header line, then `out` + `err` raw bytes."""
+
+    def __init__(self, cap: int) -> None:
+        self.buffer = bytearray()
+        self.header: dict | None = None
+        self.cap = cap
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> list[tuple[dict, bytes, bytes]]:
+        self.total += len(chunk)
+        if self.total > self.cap:
+            raise ValueError(f"sandbox sent more than {self.cap} bytes")
+        self.buffer += chunk
+        frames = []
+        while True:
+            if self.header is None:
+                newline = self.buffer.find(b"\n")
+                if newline < 0:
+                    if len(self.buffer) > 65536:
+                        raise ValueError("record header too long")
+                    return frames
+                try:
+                    header = json.loads(bytes(self.buffer[:newline]))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"malformed record header ({exc.msg})") from None
+                if not isinstance(header, dict):
+                    raise ValueError("record header is not an object")
+                del self.buffer[: newline + 1]
+                self.header = header
+            n_out, n_err = int(self.header.get("out", 0)), int(self.header.get("err", 0))
+            if n_out < 0 or n_err < 0:
+                raise ValueError("negative record length")
+            if len(self.buffer) < n_out + n_err:
+                return frames
+            out = bytes(self.buffer[:n_out])
+            err = bytes(self.buffer[n_out : n_out + n_err])
+            del self.buffer[: n_out + n_err]
+            frames.append((self.header, out, err))
+            self.header = None
+
+
+def _force_remove(func, path, exc_info) -> None:  # noqa: ANN001 -- shutil.rmtree's onerror signature
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        func(path)
+    except OSError:
+        logger.warning("could not remove sandbox file %s", path)
+
+
+# ----- shared default -------------------------------------------------------------------------------------------
+_DEFAULT: Sandbox | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process-wide sandbox with default limits; RSA_SANDBOX_MODE and RSA_SANDBOX_WORKERS configure it."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            workers = os.environ.get("RSA_SANDBOX_WORKERS")
+            _DEFAULT = Sandbox(
+                mode=os.environ.get("RSA_SANDBOX_MODE", "auto"),
+                max_workers=int(workers) if workers else None,
+            )
+        return _DEFAULT
+
+
+__all__ = [
+    "Limits",
+    "RunResult",
+    "Sandbox",
+    "SandboxError",
+    "TestOutcome",
+    "TestSuite",
+    "default_sandbox",
+    "result_matches",
+    "stdout_matches",
+]
