@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import grp
 import json
 import logging
 import math
@@ -394,6 +395,7 @@ def finish():
 
 def child(spec, i, base_tasks):
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.setpgid(0, 0)
         fd_in = os.open(os.path.join(spec["spec_dir"], "in%d" % i), os.O_RDONLY)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -529,13 +531,18 @@ def main():
     if not hasattr(builtins, "exit"):  # `python -S` has no site-provided exit()/quit()
         builtins.exit = builtins.quit = sys.exit
     make_undumpable()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # test processes may signal the harness; it carries on
     exec(PRELUDE, {})  # warm the imports every child needs
     base_tasks = own_task_count()
     frame({"ready": True, "uid": os.getuid(), "pid": os.getpid()})
     limit = spec["max_output_bytes"]
     for i in range(spec["n"]):
         start = time.monotonic()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            frame({"fatal": "cannot fork test %d: %s" % (i, exc)})
+            return
         if pid == 0:
             child(spec, i, base_tasks)
         status, timed_out = wait_for(pid, spec["timeout_s"], spec["kill_all"])
@@ -687,6 +694,19 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.01)
 
 
+def _id_in_use(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(uid)
+        return True
+    except KeyError:
+        return False
+
+
 class _Slot:
     """One worker's identity: the uid its programs run as (a claimed unused uid when root)."""
 
@@ -697,13 +717,14 @@ class _Slot:
             return
         lock_dir = os.path.join(tempfile.gettempdir(), "rsa-sandbox-uids")
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+        info = os.lstat(lock_dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+            raise SandboxError(f"{lock_dir} must be a directory owned by root with mode 0700")
         for uid in range(UID_BASE, UID_BASE + UID_COUNT):
-            try:
-                pwd.getpwuid(uid)
-                continue  # a real account: not "unused"
-            except KeyError:
-                pass
-            fd = os.open(os.path.join(lock_dir, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if _id_in_use(uid):
+                continue  # a real account or group: not "unused"
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(os.path.join(lock_dir, str(uid)), flags, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -937,6 +958,8 @@ class Sandbox:
         if os.geteuid() == 0:
             hidden += [a for a in (_untraversable_ancestor(p) for p in exposed) if a]
         hidden = [p for p in hidden if p != "/" and not any(_is_under(d, p) for d in _SYSTEM_DIRS)]
+        # hiding something inside a path we must expose would hide the interpreter itself
+        hidden = [p for p in hidden if not any(_is_under(p, e) for e in exposed)]
         return hidden, exposed
 
     def _bwrap_command(self, host_dir: str, slot: _Slot, limits: Limits) -> list[str]:
@@ -1036,112 +1059,54 @@ class Sandbox:
         start: float,
         limits: Limits,
     ) -> RunResult:
-        n = len(tests)
+        """Read the harness's records until it ends, a deadline passes or fail-fast stops; judge every test."""
+        progress = _Progress(tests, fail_fast, cap=len(tests) * (limits.max_output_bytes + 4096) + (1 << 20))
         ready_deadline = start + limits.startup_s
-        deadline = start + limits.overall_deadline_s(n)
-        cap = n * (limits.max_output_bytes + 4096) + (1 << 20)
-        reader = _FrameReader(cap)
+        deadline = start + limits.overall_deadline_s(len(tests))
         stderr_tail = bytearray()
-        outcomes: dict[int, TestOutcome] = {}
-        error: str | None = None
-        ready = done = False
-        killed = False
         selector = selectors.DefaultSelector()
         for stream in (proc.stdout, proc.stderr):
             os.set_blocking(stream.fileno(), False)
             selector.register(stream, selectors.EVENT_READ)
         try:
-            open_streams = 2
-            while open_streams:
-                now = time.monotonic()
-                limit_at = deadline if ready else ready_deadline
-                if now >= limit_at:
-                    error = (
+            while selector.get_map() and progress.error is None:
+                limit_at = deadline if progress.ready else ready_deadline
+                remaining = limit_at - time.monotonic()
+                if remaining <= 0:
+                    progress.error = (
                         "overall time limit exceeded"
-                        if ready
+                        if progress.ready
                         else f"sandbox did not start within {limits.startup_s:g} s"
                     )
                     break
-                for key, _ in selector.select(timeout=limit_at - now):
+                for key, _ in selector.select(timeout=remaining):
                     try:
                         chunk = os.read(key.fileobj.fileno(), 1 << 16)
                     except BlockingIOError:
                         continue
                     if not chunk:
                         selector.unregister(key.fileobj)
-                        open_streams -= 1
-                        continue
-                    if key.fileobj is proc.stderr:
+                    elif key.fileobj is proc.stderr:
                         stderr_tail += chunk
                         del stderr_tail[:-4096]
-                        continue
-                    try:
-                        frames = reader.feed(chunk)
-                    except ValueError as exc:
-                        error = f"protocol violation: {exc}"
-                        frames = None
-                    if frames is None:
-                        open_streams = 0
-                        break
-                    for header, out, err in frames:
-                        if header.get("ready"):
-                            ready = True
-                        elif header.get("done"):
-                            done = True
-                        elif "fatal" in header:
-                            error = f"harness: {header['fatal']}: {err.decode('utf-8', 'replace')}"
-                        else:
-                            outcome = self._judge(header, out, err, tests, outcomes)
-                            if outcome is None:
-                                error = f"protocol violation: unexpected record {header!r}"
-                                open_streams = 0
-                                break
-                            outcomes[outcome.index] = outcome
-                            if fail_fast and not outcome.passed:
-                                error = f"stopped at first failed test ({outcome.index})"
-                                open_streams = 0
-                                break
-                    if not open_streams:
-                        break
+                    else:
+                        progress.feed(chunk)
         finally:
             selector.close()
-            if proc.poll() is None and not done:
-                killed = True
-            self._stop(proc, slot, force=killed or error is not None)
-        if not ready:
+            still_running = proc.poll() is None and not progress.done
+            self._stop(proc, slot, force=still_running or progress.error is not None)
+        if not progress.ready:
             message = stderr_tail.decode("utf-8", "replace").strip()
             raise SandboxError(
-                f"sandbox failed to start ({mode}): {error or 'exited early'}; stderr: {message[-1500:]}"
+                f"sandbox failed to start ({mode}): {progress.error or 'exited early'}; stderr: {message[-1500:]}"
             )
-        if not done and error is None:
-            error = f"sandbox ended after {len(outcomes)} of {n} tests (exit status {proc.returncode})"
-        ordered = [outcomes[i] for i in sorted(outcomes)]
-        return RunResult(mode=mode, outcomes=ordered, total=n, wall_s=time.monotonic() - start, error=error)
-
-    def _judge(
-        self, header: dict, out: bytes, err: bytes, tests: TestSuite, seen: Mapping[int, TestOutcome]
-    ) -> TestOutcome | None:
-        index = header.get("i")
-        status = header.get("status")
-        if not isinstance(index, int) or not 0 <= index < len(tests) or index in seen or status not in STATUSES:
-            return None
-        passed = False
-        text = out.decode("utf-8", "replace")
-        if status == "ok":
-            if tests.fn_name:
-                passed = result_matches(text, tests.outputs[index])
-            else:
-                passed = stdout_matches(text, tests.outputs[index])
-        return TestOutcome(
-            index=index,
-            status=status,
-            passed=passed,
-            time_s=float(header.get("time_s") or 0.0),
-            exit_code=header.get("exit"),
-            signal=header.get("signal"),
-            stderr_tail=err.decode("utf-8", "replace"),
-            output_head=text[:OUTPUT_HEAD_CHARS],
-        )
+        error = progress.error
+        if not progress.done and error is None:
+            error = (
+                f"sandbox ended after {len(progress.outcomes)} of {len(tests)} tests (exit status {proc.returncode})"
+            )
+        outcomes = [progress.outcomes[i] for i in sorted(progress.outcomes)]
+        return RunResult(mode=mode, outcomes=outcomes, total=len(tests), wall_s=time.monotonic() - start, error=error)
 
     def _stop(self, proc: subprocess.Popen, slot: _Slot, force: bool) -> None:
         if force and proc.poll() is None:
@@ -1156,6 +1121,64 @@ class Sandbox:
                 stream.close()
         if slot.dedicated and (force or self._mode == "rlimits"):
             _kill_uid(slot.uid)
+
+
+def _judge(header: Mapping[str, Any], out: bytes, err: bytes, tests: TestSuite) -> TestOutcome | None:
+    """The outcome of one harness record, comparing its output with the expected one; None if malformed."""
+    index, status = header.get("i"), header.get("status")
+    if not isinstance(index, int) or not 0 <= index < len(tests) or status not in STATUSES:
+        return None
+    text = out.decode("utf-8", "replace")
+    passed = False
+    if status == "ok":
+        expected = tests.outputs[index]
+        passed = result_matches(text, expected) if tests.fn_name else stdout_matches(text, expected)
+    return TestOutcome(
+        index=index,
+        status=status,
+        passed=passed,
+        time_s=float(header.get("time_s") or 0.0),
+        exit_code=header.get("exit"),
+        signal=header.get("signal"),
+        stderr_tail=err.decode("utf-8", "replace"),
+        output_head=text[:OUTPUT_HEAD_CHARS],
+    )
+
+
+class _Progress:
+    """What the harness has reported so far; `error` is set when the run must stop early."""
+
+    def __init__(self, tests: TestSuite, fail_fast: bool, cap: int) -> None:
+        self.tests, self.fail_fast = tests, fail_fast
+        self.reader = _FrameReader(cap)
+        self.outcomes: dict[int, TestOutcome] = {}
+        self.ready = self.done = False
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            frames = self.reader.feed(chunk)
+        except ValueError as exc:
+            self.error = f"protocol violation: {exc}"
+            return
+        for header, out, err in frames:
+            if header.get("ready"):
+                self.ready = True
+            elif header.get("done"):
+                self.done = True
+            elif "fatal" in header:
+                self.error = f"harness: {header['fatal']}: {err.decode('utf-8', 'replace')}"
+                logger.warning("sandbox harness stopped early: %s", self.error)
+            else:
+                outcome = _judge(header, out, err, self.tests)
+                if outcome is None or outcome.index in self.outcomes:
+                    self.error = f"protocol violation: unexpected record {dict(header)!r}"
+                    return
+                self.outcomes[outcome.index] = outcome
+                if self.fail_fast and not outcome.passed:
+                    self.error = f"stopped at first failed test ({outcome.index})"
+            if self.error is not None:
+                return
 
 
 class _FrameReader:
