@@ -175,8 +175,13 @@ class TestSuite:
         """Build from {"inputs": [...], "outputs": [...], "fn_name": name or None}; ValueError names the field.
 
         For functional tests an input may also be a list of arguments and an output any JSON value; they are
-        converted to LiveCodeBench's text form.
+        converted to LiveCodeBench's text form. `tests` may also be that object serialised as a JSON string.
         """
+        if isinstance(tests, str):
+            try:
+                tests = json.loads(tests)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{where}: field 'tests' is a string but not valid JSON ({exc.msg})") from None
         if not isinstance(tests, Mapping):
             raise ValueError(
                 f"{where}: field 'tests' must be an object {{inputs, outputs, fn_name}}, got {type(tests).__name__}"
@@ -308,7 +313,7 @@ def result_matches(actual_json: str, expected: str) -> bool:
 _HARNESS = r'''
 import json, os, resource, select, signal, sys, time
 
-MEMORY_EXIT, SETUP_EXIT, NO_RESULT_EXIT = 121, 122, 123
+MEMORY_EXIT, NO_RESULT_EXIT = 121, 123
 PRELUDE = """
 from string import *
 from re import *
@@ -393,7 +398,9 @@ def finish():
     sys.stderr.flush()
 
 
-def child(spec, i, base_tasks):
+def child(spec, i, base_tasks, setup_fd):
+    # Until `setup_fd` receives its byte, nothing untrusted has run: a child that exits without it failed to set
+    # up (an infrastructure error), which the program cannot fake because it only starts after the byte is sent.
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.setpgid(0, 0)
@@ -404,7 +411,8 @@ def child(spec, i, base_tasks):
         os.dup2(fd_in, 0)
         os.dup2(fd_out, 1)
         os.dup2(fd_err, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(3, setup_fd)
+        os.closerange(setup_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.chdir(spec["work_dir"])
         set_limits(spec, base_tasks)
         import builtins
@@ -419,8 +427,14 @@ def child(spec, i, base_tasks):
         if call:
             with open(os.path.join(spec["spec_dir"], "in%d" % i), encoding="utf-8") as f:
                 arg_text = f.read()
+        os.write(setup_fd, b"1")
+        os.close(setup_fd)
     except BaseException:
-        os._exit(SETUP_EXIT)
+        try:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(1)
     try:
         namespace = {"__name__": "solution" if call else "__main__", "__builtins__": builtins, "__file__": "solution.py"}
         exec(PRELUDE, namespace)
@@ -538,14 +552,19 @@ def main():
     limit = spec["max_output_bytes"]
     for i in range(spec["n"]):
         start = time.monotonic()
+        setup_r, setup_w = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:
             frame({"fatal": "cannot fork test %d: %s" % (i, exc)})
             return
         if pid == 0:
-            child(spec, i, base_tasks)
+            os.close(setup_r)
+            child(spec, i, base_tasks, setup_w)
+        os.close(setup_w)
         status, timed_out = wait_for(pid, spec["timeout_s"], spec["kill_all"])
+        set_up = os.read(setup_r, 1) == b"1"
+        os.close(setup_r)
         elapsed = time.monotonic() - start
         kill_rest(pid, spec["kill_all"])
         reap()
@@ -554,6 +573,9 @@ def main():
         res = read_capped(os.path.join(spec["io_dir"], "res%d" % i), limit)
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        if not set_up and not timed_out:
+            frame({"fatal": "test %d could not be set up inside the sandbox" % i}, err=err[-2000:])
+            return
         if timed_out or sig == signal.SIGXCPU:
             verdict = "timeout"
         elif len(out) >= limit or (res is not None and len(res) >= limit) or sig == signal.SIGXFSZ:
@@ -566,9 +588,6 @@ def main():
             verdict = "memory_limit"
         elif code == NO_RESULT_EXIT:
             verdict = "no_result"
-        elif code == SETUP_EXIT:
-            frame({"fatal": "test %d could not be set up inside the sandbox" % i}, err=err[-2000:])
-            return
         elif code != 0:
             if code == 1 and b"OSError: [Errno 27]" in err:
                 verdict = "output_limit"
@@ -803,7 +822,8 @@ class Sandbox:
         """Run `program` on every test of `tests` in one fresh sandbox and compare outputs in this process.
 
         `fail_fast` stops at the first failed test (the rest count as failed). Raises SandboxError when the
-        sandbox cannot start; any misbehaviour of the program only fails its tests.
+        sandbox cannot start or set up a test (before any program code runs); misbehaviour of the program only
+        fails its tests.
         """
         if not isinstance(tests, TestSuite):
             raise TypeError(f"tests must be a TestSuite, got {type(tests).__name__}")
@@ -1100,6 +1120,8 @@ class Sandbox:
             raise SandboxError(
                 f"sandbox failed to start ({mode}): {progress.error or 'exited early'}; stderr: {message[-1500:]}"
             )
+        if progress.fatal is not None:
+            raise SandboxError(f"sandbox harness failed ({mode}): {progress.fatal}")
         error = progress.error
         if not progress.done and error is None:
             error = (
@@ -1154,6 +1176,7 @@ class _Progress:
         self.outcomes: dict[int, TestOutcome] = {}
         self.ready = self.done = False
         self.error: str | None = None
+        self.fatal: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         try:
@@ -1167,8 +1190,9 @@ class _Progress:
             elif header.get("done"):
                 self.done = True
             elif "fatal" in header:
-                self.error = f"harness: {header['fatal']}: {err.decode('utf-8', 'replace')}"
-                logger.warning("sandbox harness stopped early: %s", self.error)
+                # only the harness itself reports these (before the program's code runs): an infrastructure failure
+                self.fatal = f"{header['fatal']} {err.decode('utf-8', 'replace')}".strip()
+                self.error = f"harness: {self.fatal}"
             else:
                 outcome = _judge(header, out, err, self.tests)
                 if outcome is None or outcome.index in self.outcomes:

@@ -187,6 +187,8 @@ def test_rsa_score_grades_code_lines():
     assert graded["score"] == 1.0 and graded["extracted"].startswith("a, b")
     record["completion"] = fenced("print(1)")
     assert grade_line(record, "line 2")["score"] == 0.0
+    as_string = {**record, "tests": json.dumps(TWO_SUM_TESTS), "completion": fenced(TWO_SUM_CORRECT)}
+    assert grade_line(as_string, "line 4")["score"] == 1.0  # tests serialised as a JSON string work too
     with pytest.raises(ValueError, match="line 3: field 'tests.outputs'"):
         grade_line({**record, "tests": {"inputs": ["1"], "outputs": ["1", "2"]}}, "line 3")
 

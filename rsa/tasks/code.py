@@ -121,8 +121,10 @@ class CodeTask(Task):
     # ----- prompts -----------------------------------------------------------------------------------------------
     def code_instruction(self, problem: Problem) -> str:
         """The problem's original code-format instruction (repeated at the end of aggregation prompts)."""
-        tests = problem.meta.get("tests")
-        fn_name = tests.get("fn_name") if isinstance(tests, dict) else None
+        try:
+            fn_name = TestSuite.from_dict(problem.meta.get("tests")).fn_name
+        except ValueError:
+            fn_name = None
         return format_instruction(problem.meta.get("starter_code"), fn_name)
 
     def _aggregation_text(self, problem: Problem, candidates: Sequence[str]) -> str:
@@ -175,19 +177,24 @@ class CodeTask(Task):
         """Scores of many completions, their programs run in parallel over the sandbox's worker pool."""
         if len(completions) != len(problems):
             raise ValueError(f"score_many got {len(completions)} completions but {len(problems)} problems")
-        codes = [self.extract(c) for c in completions]
-        jobs = [(i, code, problem) for i, (code, problem) in enumerate(zip(codes, problems)) if code is not None]
+        fail_fast = not fraction
+        results: dict[int, RunResult | None] = {}
+        pending: list[tuple[int, str, TestSuite]] = []
+        for i, (completion, problem) in enumerate(zip(completions, problems)):
+            code = self.extract(completion)
+            if code is None:
+                continue
+            suite = self.test_suite(problem)
+            results[i] = self._cached(code, suite, fail_fast)
+            if results[i] is None:
+                pending.append((i, code, suite))
+        if pending:
+            ran = self.sandbox.run_many([(code, suite) for _, code, suite in pending], fail_fast=fail_fast)
+            for (i, code, suite), result in zip(pending, ran):
+                self._remember(code, suite, fail_fast, result)
+                results[i] = result
         scores = [0.0] * len(completions)
-        if not jobs:
-            return scores
-        suites = [self.test_suite(problem) for _, _, problem in jobs]
-        todo = [(job, suite) for job, suite in zip(jobs, suites) if self._cached(job[1], suite, not fraction) is None]
-        if todo:
-            results = self.sandbox.run_many([(job[1], suite) for job, suite in todo], fail_fast=not fraction)
-            for (job, suite), result in zip(todo, results):
-                self._remember(job[1], suite, not fraction, result)
-        for (i, code, _), suite in zip(jobs, suites):
-            result = self._cached(code, suite, not fraction)
+        for i, result in results.items():
             scores[i] = result.fraction if fraction else float(result.all_passed)
         return scores
 
