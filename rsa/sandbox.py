@@ -764,11 +764,15 @@ class _Slot:
             self.lock_fd = None
 
 
-def _bwrap_features(bwrap: str) -> set[str]:
+def _help_text(command: str) -> str:
     try:
-        text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10).stdout
+        return subprocess.run([command, "--help"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return set()
+        return ""
+
+
+def _bwrap_features(bwrap: str) -> set[str]:
+    text = _help_text(bwrap)
     return {flag for flag in ("--disable-userns", "--size", "--perms", "--unshare-cgroup-try") if flag in text}
 
 
@@ -1011,6 +1015,8 @@ class Sandbox:
         outer = [self._bwrap, "--unshare-net", "--unshare-ipc", "--unshare-uts", cgroup, "--die-with-parent"]
         outer += ["--new-session", "--ro-bind", "/", "/", "--bind", "/proc", "/proc", *view, "--clearenv", "--"]
         drop = [self._setpriv, f"--reuid={slot.uid}", f"--regid={slot.gid}", "--clear-groups"]
+        # Killing the outer bwrap does not take the inner one down (a parent-death signal cannot cross from the
+        # capability-less root monitor to another uid), so `_stop` then kills every process of the claimed uid.
         drop += ["--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         return [*outer, *drop, *inner]
 

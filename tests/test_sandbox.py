@@ -409,6 +409,26 @@ def test_correct_incorrect_and_partial_programs(sandbox):
     assert fast.passed == 0 and len(fast.outcomes) == 1 and "first failed" in fast.error
 
 
+def test_stopping_early_kills_the_whole_sandbox(isolated):
+    # test 0 fails at once; test 1 would spin (with children) for its whole time limit: fail-fast kills it all
+    program = (
+        "import os\n"
+        "if input().strip() == 'fail':\n"
+        "    print('wrong')\n"
+        "else:\n"
+        "    for _ in range(4):\n"
+        "        if os.fork() == 0:\n"
+        "            break\n"
+        "    while True:\n"
+        "        pass\n"
+    )
+    tests = TestSuite(("fail\n", "spin\n", "spin\n"), ("right\n", "x\n", "x\n"))
+    result, elapsed = run_timed(isolated, program, tests, fail_fast=True)
+    assert result.passed == 0 and len(result.outcomes) == 1
+    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_nothing_left(result)
+
+
 def test_mode_is_reported_and_fallback_is_loud(monkeypatch, caplog):
     monkeypatch.setenv("PATH", "/nonexistent")  # a host without bubblewrap
     with pytest.raises(SandboxError, match="bubblewrap sandbox unavailable"):
