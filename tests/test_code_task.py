@@ -25,7 +25,8 @@ from rsa.tasks.code import (
 
 @pytest.fixture(scope="module")
 def task():
-    with Sandbox(Limits(timeout_s=2.0, memory_mb=512, startup_s=20), max_workers=2) as sandbox:
+    # generous per-test limit: every program here finishes in milliseconds, but CI machines can be loaded
+    with Sandbox(Limits(timeout_s=5.0, memory_mb=512, startup_s=20), max_workers=2) as sandbox:
         yield CodeTask(sandbox=sandbox)
 
 

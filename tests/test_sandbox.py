@@ -9,6 +9,7 @@ the program. Tests that need namespace isolation skip (with the apt command) whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -32,6 +33,13 @@ WIN = TestSuite(("go\n",), ("WIN\n",))
 @pytest.fixture(scope="module")
 def sandbox():
     with Sandbox(LIMITS, max_workers=2) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def roomy():
+    """Same limits but 5 s per test: for programs that must pass even on a heavily loaded machine."""
+    with Sandbox(dataclasses.replace(LIMITS, timeout_s=5.0), max_workers=2) as sb:
         yield sb
 
 
@@ -141,7 +149,7 @@ def test_private_tmp_is_size_limited(isolated):
     assert elapsed < TIMEOUT_S + MARGIN_S
 
 
-def test_deep_recursion_crashes_only_its_test(isolated):
+def test_deep_recursion_crashes_only_its_test(roomy):
     # C-level recursion (repr of a self-referencing object) with the recursion limit lifted overflows the C stack.
     program = (
         "import sys\n"
@@ -154,12 +162,14 @@ def test_deep_recursion_crashes_only_its_test(isolated):
         "else:\n"
         "    print(7)\n"
     )
-    result, elapsed = run_timed(isolated, program, TestSuite(("deep\n", "shallow\n"), ("x\n", "7\n")))
+    if roomy.mode != "bwrap":
+        pytest.skip("needs bubblewrap isolation (apt-get update && apt-get install -y bubblewrap)")
+    result, elapsed = run_timed(roomy, program, TestSuite(("deep\n", "shallow\n"), ("x\n", "7\n")))
     # documented outcome: the deep test fails (C stack overflow -> SIGSEGV, or a memory/time limit) and the
     # harness goes on to the next test, which passes.
     assert result.statuses()[0] in {"runtime_error", "memory_limit", "timeout"}
     assert [o.passed for o in result.outcomes] == [False, True]
-    assert elapsed < 2 * TIMEOUT_S + MARGIN_S
+    assert elapsed < 2 * roomy.limits.timeout_s + MARGIN_S
 
 
 # ----- isolation from the host -------------------------------------------------------------------------------------
@@ -190,11 +200,11 @@ def test_cannot_write_outside_the_working_directory(isolated, tmp_path):
         assert not os.path.exists(target), f"sandboxed program wrote {target} on the host"
 
 
-def test_working_directory_starts_empty_every_run(isolated):
+def test_working_directory_starts_empty_every_run(roomy):
     program = "import os\nprint(len(os.listdir('.')))\nopen('left-behind.txt', 'w').write('x')\n"
     tests = TestSuite(("\n",), ("0\n",))
-    first = isolated.run(program, tests)
-    second = isolated.run(program, tests)
+    first = roomy.run(program, tests)
+    second = roomy.run(program, tests)
     assert first.passed == 1 and second.passed == 1
 
 
@@ -396,16 +406,16 @@ def test_expected_outputs_never_enter_the_sandbox(isolated):
 
 
 # ----- modes, parallelism, failure reporting -----------------------------------------------------------------------
-def test_correct_incorrect_and_partial_programs(sandbox):
+def test_correct_incorrect_and_partial_programs(roomy):
     tests = TestSuite(("1 2\n", "3 4\n", "10 -3\n"), ("3\n", "7\n", "7\n"))
     correct = "a, b = map(int, input().split())\nprint(a + b)\n"
     partial = "a, b = map(int, input().split())\nprint(abs(a) + abs(b) if a < 10 else 0)\n"
     wrong = "print(0)\n"
-    results = sandbox.run_many([(correct, tests), (partial, tests), (wrong, tests)])
+    results = roomy.run_many([(correct, tests), (partial, tests), (wrong, tests)])
     assert [r.passed for r in results] == [3, 2, 0]
     assert results[0].all_passed and not results[1].all_passed
-    assert all(r.mode == sandbox.mode for r in results)
-    fast = sandbox.run(wrong, tests, fail_fast=True)
+    assert all(r.mode == roomy.mode for r in results)
+    fast = roomy.run(wrong, tests, fail_fast=True)
     assert fast.passed == 0 and len(fast.outcomes) == 1 and "first failed" in fast.error
 
 
@@ -433,18 +443,21 @@ def test_mode_is_reported_and_fallback_is_loud(monkeypatch, caplog):
     monkeypatch.setenv("PATH", "/nonexistent")  # a host without bubblewrap
     with pytest.raises(SandboxError, match="bubblewrap sandbox unavailable"):
         Sandbox(LIMITS, mode="bwrap").mode  # noqa: B018
-    with caplog.at_level(logging.WARNING, logger="rsa.sandbox"), Sandbox(LIMITS) as sb:
+    with (
+        caplog.at_level(logging.WARNING, logger="rsa.sandbox"),
+        Sandbox(dataclasses.replace(LIMITS, timeout_s=5)) as sb,
+    ):
         result = sb.run("print(input())\n", TestSuite(("hi\n",), ("hi\n",)))
     assert result.mode == "rlimits" and result.passed == 1
     assert "SANDBOX FALLBACK" in caplog.text
 
 
-def test_parallel_workers_are_bounded_and_ordered(sandbox):
+def test_parallel_workers_are_bounded_and_ordered(roomy):
     tests = TestSuite(("5\n",), ("25\n",))
     jobs = [(f"n = int(input())\nprint(n * n + {k})\n", tests) for k in range(6)]
-    results = sandbox.run_many(jobs)
+    results = roomy.run_many(jobs)
     assert [r.passed for r in results] == [1, 0, 0, 0, 0, 0]
-    assert len({r.uid for r in results}) <= sandbox.max_workers
+    assert len({r.uid for r in results}) <= roomy.max_workers
 
 
 def test_limits_are_validated():
