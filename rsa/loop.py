@@ -199,6 +199,7 @@ class PromptBuilder:
                 f"{engine.max_model_len} tokens; lower --max-new-tokens or raise --max-model-len"
             )
         self._marker_tokens: int | None = None
+        self._scaffold_cache: dict[tuple[str, str, int], int] = {}
 
     @property
     def marker_tokens(self) -> int:
@@ -222,14 +223,16 @@ class PromptBuilder:
 
     def check_fits(self, task: Task, problem: Problem, k: int | None) -> None:
         """Raise ContextBudgetError unless the question (and, for K given, K shortened candidates) fits."""
-        text = task.plain_prompt(problem)[-1]["content"]
-        needed = 0
         if k:
-            text = task.aggregation_prompt(problem, [""] * k)[-1]["content"]
-            needed = k * self.marker_tokens
-        if self._fits_without_counting(text) and needed == 0:
-            return
-        used = self.engine.count_tokens(text) + needed
+            scaffold = task.aggregation_prompt(problem, [TRUNCATION_MARKER] * k)[-1]["content"]
+            if self._fits_without_counting(scaffold):
+                return
+            used = self._scaffold_tokens(task, problem, k) + k * self.marker_tokens
+        else:
+            text = task.plain_prompt(problem)[-1]["content"]
+            if self._fits_without_counting(text):
+                return
+            used = self.engine.count_tokens(text)
         if used > self.prompt_budget:
             what = "its plain prompt" if not k else f"its aggregation prompt with {k} candidate(s), all truncated,"
             raise ContextBudgetError(
@@ -249,8 +252,7 @@ class PromptBuilder:
         conversation = task.aggregation_prompt(problem, texts)
         if self._fits_without_counting(conversation[-1]["content"]):
             return conversation, 0
-        scaffold = self.engine.count_tokens(task.aggregation_prompt(problem, [""] * len(texts))[-1]["content"])
-        available = self.prompt_budget - scaffold
+        available = self.prompt_budget - self._scaffold_tokens(task, problem, len(texts))
         counts = [self._count_candidate(m, t) for m, t in zip(candidates, texts)]
         if sum(counts) <= available:
             return conversation, 0
@@ -274,6 +276,14 @@ class PromptBuilder:
             raise ContextBudgetError(f"problem {problem.id!r}: could not shorten the candidates to fit the context")
         truncated = sum(1 for n, cap in zip(counts, caps) if cap < n)
         return conversation, truncated
+
+    def _scaffold_tokens(self, task: Task, problem: Problem, k: int) -> int:
+        """Tokens of the aggregation prompt with K empty candidates (cached per problem and K)."""
+        key = (problem.id, problem.question, k)
+        if key not in self._scaffold_cache:
+            text = task.aggregation_prompt(problem, [""] * k)[-1]["content"]
+            self._scaffold_cache[key] = self.engine.count_tokens(text)
+        return self._scaffold_cache[key]
 
     def _count_candidate(self, member: Member, text: str) -> int:
         if member._prompt_tokens is None:

@@ -138,9 +138,14 @@ def plot_runs(runs: list[RunSummary], out_dir: Path) -> list[Path]:
 
 
 def _draw(ax, runs: list[RunSummary], key: str, title: str) -> None:
+    values = []
     for run in runs:
         steps = [s["step"] for s in run.steps]
+        values += [100 * s[key] for s in run.steps]
         ax.plot(steps, [100 * s[key] for s in run.steps], marker="o", markersize=3, label=run.label)
+    low, high = min(values), max(values)
+    pad = max(2.0, 0.1 * (high - low))
+    ax.set_ylim(max(-1.5, low - pad), min(101.5, high + pad))  # accuracies live in [0, 100]
     ax.set_title(title)
     ax.set_xlabel("RSA step")
     ax.set_ylabel(f"{title} (%)")

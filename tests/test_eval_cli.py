@@ -69,6 +69,24 @@ def test_missing_model_path(tmp_path, capsys, no_engine):
     assert code == 2 and "not a model directory (expected a config.json inside)" in err
 
 
+def test_unknown_hub_model_offline(tmp_path, capsys, no_engine, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(base_argv("no-such-org/no-such-model", tmp_path / "run"), capsys)
+    assert code == 2 and "not in the Hugging Face cache" in err
+
+
+def test_shipped_eval_configs_use_known_options():
+    import yaml
+
+    from rsa.commands.eval import DEFAULTS
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "eval").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        keys = {k.replace("-", "_") for k in yaml.safe_load(path.read_text())}
+        assert keys <= set(DEFAULTS), f"{path.name}: unknown keys {keys - set(DEFAULTS)}"
+
+
 def test_missing_dataset_column(tmp_path, capsys, no_engine, tiny_model_dir):
     data = tmp_path / "data.jsonl"
     data.write_text(
@@ -165,16 +183,18 @@ def test_demo_quick(tmp_path, capsys):
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_eval_on_vllm(tmp_path, capsys, tiny_model_dir):
-    pytest.importorskip("vllm")
-    out = tmp_path / "vllm"
+def test_eval_through_openai_engine_against_vllm_server(tmp_path, capsys, vllm_server, tiny_model_dir):
+    out = tmp_path / "served"
     argv = [
-        "eval", "--engine", "vllm", "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--limit", "10",
-        "--population", "4", "--k", "2", "--steps", "3", "--max-new-tokens", "32", "--max-model-len", "2048",
-        "--no-progress", "--out", str(out),
+        "eval", "--engine", "openai", "--model", vllm_server.model, "--base-url", vllm_server.url,
+        "--engine-arg", f"tokenizer={tiny_model_dir}", "--max-model-len", "1024",
+        "--dataset", "rg:basic_arithmetic", "--limit", "3", "--population", "4", "--k", "2", "--steps", "3",
+        "--max-new-tokens", "16", "--no-progress", "--out", str(out),
     ]  # fmt: skip
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all(m["tokens_generated"] > 0 for m in lines)
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "rsa_steps.png").read_bytes()[:8] == PNG_MAGIC

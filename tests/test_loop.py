@@ -298,3 +298,26 @@ def test_rsa_on_tiny_model_hf(hf_engine):
     # seeded sampling: the same run again gives the same texts
     again = run_all(RSALoop(hf_engine, problems, config))
     assert [[m.text for m in p] for p in again[-1].generated] == [[m.text for m in p] for p in steps[-1].generated]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_rsa_on_tiny_model_vllm(vllm_engine, tmp_path):
+    from rsa.data import load_problems
+    from rsa.report import write_report
+    from rsa.runs import RunDirectory, build_manifest, run_evaluation
+
+    problems = load_problems("rg:basic_arithmetic", limit=10)
+    engine = CountingEngine(vllm_engine)
+    config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=32, seed=3)
+    run_dir = RunDirectory(tmp_path / "run")
+    run_dir.create(build_manifest({}, model="tiny", engine="vllm", revision=None, problems=problems, seed=3), problems)
+    summaries = run_evaluation(engine, problems, config, run_dir, progress=False)
+    assert engine.calls == [40, 40, 40]  # one batched call per step
+    assert [s["step"] for s in summaries] == [1, 2, 3]
+    paths = write_report([run_dir.path], tmp_path / "report")
+    assert paths["rsa_steps"].read_bytes()[:4] == b"\x89PNG"
+    # per-request seeds: the same step-1 batch again gives the same completions
+    again = RSALoop(vllm_engine, problems, config).run_step(1, None)
+    stored = run_dir.load_population(1, problems, config)
+    assert [[m.text for m in p] for p in again.generated] == [[m.text for m in p] for p in stored]

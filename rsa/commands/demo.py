@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "eval", "--engine", "hf", "--model", str(model_dir), "--dataset", DATASET, "--method", method,
             "--limit", str(sizes["limit"]), "--population", str(sizes["population"]), "--k", str(sizes["k"]),
             "--steps", str(sizes["steps"]), "--max-new-tokens", str(sizes["max_new_tokens"]),
-            "--seed", str(args.seed), "--dtype", "float32", "--out", str(run_dir),
+            "--seed", str(args.seed), "--dtype", "float32", "--batch-size", "64", "--out", str(run_dir),
         ]  # fmt: skip
         if (run_dir / "manifest.json").is_file():
             argv.append("--resume")  # a previous demo's run: finish or reuse it

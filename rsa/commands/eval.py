@@ -51,6 +51,7 @@ DEFAULTS = {
     "batch_size": None,
     "gpu_memory_utilization": None,
     "max_retries": None,
+    "engine_arg": None,
     "model": None,
     "dataset": None,
     "out": None,
@@ -105,6 +106,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--dtype", help="model dtype, e.g. bfloat16, float32 (engine default when omitted)")
     g.add_argument("--batch-size", type=int, help="hf: sequences per micro-batch; openai: requests in flight")
     g.add_argument("--max-retries", type=int, help="openai: retries per request (timeouts, connection errors, 5xx)")
+    g.add_argument(
+        "--engine-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other engine keyword argument, value parsed as YAML (repeatable), e.g. enforce_eager=true",
+    )
     g.add_argument("--gpu-memory-utilization", type=float, help="vllm: fraction of GPU memory to use")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="run directory")
@@ -132,6 +139,8 @@ def resolve_options(args: argparse.Namespace) -> None:
             setattr(args, dest, values.get(dest, default))
     if isinstance(args.base_url, str):
         args.base_url = [args.base_url]
+    if isinstance(args.engine_arg, str):
+        args.engine_arg = [args.engine_arg]
     if args.out is not None:
         args.out = Path(args.out)
 
@@ -145,6 +154,10 @@ def check_model(model: str | None, engine: str) -> str:
     path = Path(model).expanduser()
     looks_local = model.startswith((".", "/", "~")) or path.exists()
     if not looks_local:
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") and not _in_hub_cache(model):
+            raise FileNotFoundError(
+                f"--model {model}: no such directory, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+            )
         return model  # a hub name, resolved by the engine
     if not path.exists():
         raise FileNotFoundError(f"--model {model}: no such directory")
@@ -168,6 +181,16 @@ ENGINE_OPTIONS = {
 }
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub model `repo_id` has a cached config.json."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
 def engine_options(args: argparse.Namespace) -> dict:
     """The engine options given, as `make_engine` keyword arguments; ValueError for another engine's option."""
     options = {}
@@ -179,6 +202,11 @@ def engine_options(args: argparse.Namespace) -> dict:
             flag = "--" + dest.replace("_", "-")
             raise ValueError(f"{flag} is an option of the {' / '.join(keywords)} engine, not of {args.engine}")
         options[keywords[args.engine]] = value
+    for item in args.engine_arg or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--engine-arg {item!r}: expected KEY=VALUE, e.g. enforce_eager=true")
+        options[key.strip()] = yaml.safe_load(text)
     return options
 
 
@@ -230,6 +258,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         engine = make_engine(args.engine, args.model, **options)
+    except (ImportError, OSError) as exc:  # engine package missing (says what to install), unloadable model
+        print(f"rsa eval: error: {exc}", file=sys.stderr)
+        return 2
     except EngineError as exc:
         print(f"rsa eval: engine error: {exc}", file=sys.stderr)
         return 1
