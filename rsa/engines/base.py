@@ -2,6 +2,14 @@
 
 An engine turns a batch of chat conversations into one completion each. Callers hand it a whole RSA
 step (all problems, all population slots) at once; the engine decides how to batch or stream.
+
+Seeds: request i is sampled with `seeds[i]` when `seeds` is given, else with `params.seed + i` when
+`params.seed` is set, else unseeded (see `request_seeds`). What a seed guarantees differs by engine
+and is stated in each engine's docstring.
+
+Thinking models: `reasoning` selects what happens to the reasoning part of a completion (the text
+up to `</think>`, or a server's `reasoning_content`): "separate" (default) moves it to
+`Generation.reasoning`, "strip" drops it, "keep" leaves the completion text untouched.
 """
 
 from __future__ import annotations
@@ -9,8 +17,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from rsa.tasks.base import Conversation
+
+ReasoningMode = Literal["separate", "strip", "keep"]
+REASONING_MODES: tuple[str, ...] = ("separate", "strip", "keep")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,14 @@ class SamplingParams:
     max_new_tokens: int = 8192
     seed: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -29,8 +50,12 @@ class Generation:
 
     text: str
     num_tokens: int
-    finish_reason: str = "stop"  # "stop" or "length"
+    finish_reason: str = "stop"  # "stop" or "length" (servers may report others, passed through)
     reasoning: str | None = None  # thinking-model reasoning content, when kept separately
+
+
+class EngineError(RuntimeError):
+    """A generation backend failed (unreachable server, rejected request, engine start-up)."""
 
 
 class Engine(ABC):
@@ -58,3 +83,62 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the engine's resources (processes, GPU memory, HTTP sessions)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def request_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None) -> list[int | None]:
+    """Per-request seeds: `seeds` itself, else `params.seed + i`, else None for every request."""
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} conversations; pass one seed per conversation")
+        return [int(s) for s in seeds]
+    if params.seed is not None:
+        return [params.seed + i for i in range(n)]
+    return [None] * n
+
+
+def check_reasoning_mode(mode: str) -> str:
+    """Return `mode` if it is a valid reasoning mode, else raise ValueError listing the valid ones."""
+    if mode not in REASONING_MODES:
+        raise ValueError(f"reasoning={mode!r}: expected one of {', '.join(REASONING_MODES)}")
+    return mode
+
+
+def split_reasoning(text: str, mode: str = "separate") -> tuple[str, str | None]:
+    """Split a completion into (answer text, reasoning) according to `mode`.
+
+    The reasoning is the text before the first `</think>` (an opening `<think>` is dropped; Qwen3
+    templates often put it in the prompt). A completion that opens `<think>` and never closes it (cut
+    off while thinking) is all reasoning and has an empty answer. Without think tags the text is the
+    answer and the reasoning is None. Mode "keep" returns the text unchanged and None.
+    """
+    check_reasoning_mode(mode)
+    if mode == "keep":
+        return text, None
+    head, sep, tail = text.partition(THINK_CLOSE)
+    if sep:
+        reasoning = head.strip()
+        if reasoning.startswith(THINK_OPEN):
+            reasoning = reasoning[len(THINK_OPEN) :].strip()
+        answer = tail.strip()
+    elif text.lstrip().startswith(THINK_OPEN):
+        reasoning, answer = text.lstrip()[len(THINK_OPEN) :].strip(), ""
+    else:
+        return text, None
+    return answer, (reasoning if mode == "separate" else None)
+
+
+def merge_reasoning(text: str, reasoning: str | None, mode: str = "separate") -> tuple[str, str | None]:
+    """Apply `mode` to a server's separate reasoning field: "keep" re-inserts it as a think block."""
+    check_reasoning_mode(mode)
+    if not reasoning:
+        # Servers without a reasoning parser return the think block inside the text.
+        return split_reasoning(text, mode)
+    if mode == "keep":
+        return f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{text}", None
+    return text, (reasoning if mode == "separate" else None)

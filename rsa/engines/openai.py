@@ -1,0 +1,351 @@
+"""Engine for any OpenAI-compatible chat-completions server (vLLM, SGLang, TGI, hosted APIs).
+
+One HTTP request per completion (the `n` parameter is never used, so every candidate has its own
+seed and a failure costs one candidate's retry, not a batch's). Requests run concurrently under a
+semaphore and are spread over several base URLs: each goes to the least-loaded URL (fewest requests
+in flight, ties in turn), skipping URLs that failed in the last few seconds while others are up.
+
+Retries: timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff and
+full jitter (a 429's Retry-After is honoured up to `backoff_max`); other 4xx answers fail at once.
+When a request still fails, `generate` raises `EngineError` naming the URLs and the last error.
+
+Guarantee: the per-request seed is sent as `seed`; whether it makes a completion reproducible is up
+to the server (vLLM honours it per request). Token counts come from the response's `usage`.
+`count_tokens` uses a local HF tokenizer (`tokenizer=` path, or `model` when it is a local
+directory); without one it approximates 4 characters per token and logs a warning saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rsa.engines.base import (
+    Engine,
+    EngineError,
+    Generation,
+    SamplingParams,
+    check_reasoning_mode,
+    merge_reasoning,
+    request_seeds,
+)
+from rsa.tasks.base import Conversation
+
+logger = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # the approximation used by count_tokens when no tokenizer is available
+_RETRY_STATUS = frozenset({408, 429})  # plus every 5xx
+
+
+class _RetryableError(Exception):
+    """One attempt failed in a way worth retrying (timeout, connection, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _parse_base_urls(base_urls: str | Sequence[str]) -> list[str]:
+    urls = base_urls.split(",") if isinstance(base_urls, str) else list(base_urls)
+    urls = [u.strip().rstrip("/") for u in urls if u and u.strip()]
+    if not urls:
+        raise ValueError("openai engine needs at least one base URL, e.g. http://127.0.0.1:8000/v1")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"base URL {url!r} must start with http:// or https://")
+    return urls
+
+
+class OpenAIEngine(Engine):
+    """Chat completions over HTTP against one or more OpenAI-compatible servers.
+
+    `model`: the served model name. `base_urls`: one URL, a comma-separated string or a list (each
+    ending in /v1). `api_key`: defaults to $OPENAI_API_KEY, else "EMPTY". `tokenizer`: local HF
+    tokenizer path for `count_tokens` and for capping `max_tokens` to the context. `max_model_len`:
+    defaults to what the server's /models reports. `max_concurrency`: requests in flight at once,
+    over all URLs. `max_retries`: retries per request after the first attempt. `backoff_base`,
+    `backoff_max`: seconds. `request_timeout`: seconds to wait for one response; `connect_timeout`:
+    seconds to connect. `reasoning`: "separate", "strip" or "keep". `extra_body`: more JSON fields
+    for every request (e.g. {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}).
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_urls: str | Sequence[str] = "http://127.0.0.1:8000/v1",
+        api_key: str | None = None,
+        tokenizer: str | None = None,
+        max_model_len: int | None = None,
+        max_concurrency: int = 64,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        request_timeout: float = 3600.0,
+        connect_timeout: float = 10.0,
+        reasoning: str = "separate",
+        extra_body: dict[str, Any] | None = None,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.model = model
+        self.base_urls = _parse_base_urls(base_urls)
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.reasoning = check_reasoning_mode(reasoning)
+        self.extra_body = dict(extra_body or {})
+        if "n" in self.extra_body:
+            raise ValueError("extra_body may not set 'n': the openai engine sends one request per completion")
+
+        self.tokenizer = self._load_tokenizer(tokenizer)
+        self.tokens_are_approximate = self.tokenizer is None
+        if self.tokens_are_approximate:
+            logger.warning(
+                "openai engine: no local tokenizer for %r; count_tokens approximates %d characters per token "
+                "(pass tokenizer=<local path> for exact counts)",
+                model,
+                CHARS_PER_TOKEN,
+            )
+        self._max_model_len = max_model_len
+
+        # Load balancing state: requests in flight and the time until which a URL is avoided.
+        self._in_flight = dict.fromkeys(self.base_urls, 0)
+        self._avoid_until = dict.fromkeys(self.base_urls, 0.0)
+        self._turn = itertools.count()
+        #: attempts that were retried during the last `generate` call (for logs and tests)
+        self.last_retries = 0
+
+    def _load_tokenizer(self, path: str | None) -> Any:
+        candidate = path or (self.model if Path(self.model).is_dir() else None)
+        if candidate is None:
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(candidate)
+
+    # ----- Engine interface ----------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` under the local tokenizer, else an approximation (len / 4, at least 1)."""
+        if self.tokenizer is not None:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return max(1, round(len(text) / CHARS_PER_TOKEN)) if text else 0
+
+    @property
+    def max_model_len(self) -> int:
+        """The context length: as given, else the `max_model_len` the first server's /models reports."""
+        if self._max_model_len is None:
+            self._max_model_len = self._fetch_max_model_len()
+        return self._max_model_len
+
+    def _fetch_max_model_len(self) -> int:
+        import httpx
+
+        url = f"{self.base_urls[0]}/models"
+        try:
+            response = httpx.get(url, headers=self._headers(), timeout=self.connect_timeout)
+            response.raise_for_status()
+            cards = response.json().get("data", [])
+        except (httpx.HTTPError, ValueError) as exc:
+            raise EngineError(f"could not read max_model_len from {url} ({exc}); pass max_model_len=") from exc
+        for card in cards:
+            if card.get("id") == self.model and card.get("max_model_len"):
+                return int(card["max_model_len"])
+        raise EngineError(f"{url} does not report max_model_len for model {self.model!r}; pass max_model_len=")
+
+    def generate(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """One completion per conversation, in order (runs `agenerate` on an event loop)."""
+        coroutine = self.agenerate(conversations, params, seeds)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coroutine)
+        # Called from inside a running loop (a notebook, an async app): use a private loop in a thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, coroutine).result()
+
+    async def agenerate(
+        self,
+        conversations: Sequence[Conversation],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Async `generate`: all requests concurrently (at most `max_concurrency` in flight)."""
+        import httpx
+
+        per_request = request_seeds(len(conversations), params, seeds)
+        if not conversations:
+            return []
+        max_tokens = self._max_tokens(conversations, params)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        self.last_retries = 0
+        timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers()) as client:
+
+            async def one(index: int) -> Generation:
+                body = self._request_body(conversations[index], params, max_tokens[index], per_request[index])
+                async with semaphore:
+                    return await self._complete(client, body, index)
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(len(conversations))]
+            try:
+                results = await asyncio.gather(*tasks)
+            finally:
+                # On the first failure, stop the requests still waiting or in flight.
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self.last_retries:
+            logger.info("openai engine: %d completions, %d retried attempts", len(results), self.last_retries)
+        return list(results)
+
+    # ----- requests ------------------------------------------------------------------------------
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def _max_tokens(self, conversations: Sequence[Conversation], params: SamplingParams) -> list[int]:
+        """`max_new_tokens`, capped by the room left in the context when the prompt can be counted exactly."""
+        if self.tokenizer is None or self._max_model_len is None:
+            return [params.max_new_tokens] * len(conversations)
+        limits = []
+        for i, conversation in enumerate(conversations):
+            text = self.tokenizer.apply_chat_template(list(conversation), tokenize=False, add_generation_prompt=True)
+            prompt_len = self.count_tokens(text)
+            room = self._max_model_len - prompt_len
+            if room < 1:
+                raise ValueError(
+                    f"conversation {i}: prompt has {prompt_len} tokens, no room left in max_model_len={self._max_model_len}"
+                )
+            limits.append(min(params.max_new_tokens, room))
+        return limits
+
+    def _request_body(
+        self, conversation: Conversation, params: SamplingParams, max_tokens: int, seed: int | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(conversation),
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": max_tokens,
+            **self.extra_body,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    def _pick_url(self, avoid: str | None) -> str:
+        """Least-loaded URL among those not recently failing (and not `avoid`, when there is a choice)."""
+        now = time.monotonic()
+        candidates = [u for u in self.base_urls if self._avoid_until[u] <= now and u != avoid]
+        if not candidates:
+            candidates = [u for u in self.base_urls if u != avoid] or list(self.base_urls)
+        start = next(self._turn) % len(candidates)
+        rotated = candidates[start:] + candidates[:start]
+        return min(rotated, key=lambda u: self._in_flight[u])
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Full-jitter exponential backoff; a server's Retry-After is a floor (capped by backoff_max)."""
+        delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        return delay
+
+    async def _complete(self, client: Any, body: dict[str, Any], index: int) -> Generation:
+        """Send one request with retries; return its Generation or raise EngineError."""
+        errors: list[str] = []
+        url: str | None = None
+        for attempt in range(self.max_retries + 1):
+            url = self._pick_url(avoid=url if errors else None)
+            try:
+                return await self._attempt(client, url, body, index)
+            except _RetryableError as exc:
+                errors.append(str(exc))
+                self._avoid_until[url] = time.monotonic() + min(self.backoff_max, self.backoff_base * 2**attempt)
+                if attempt == self.max_retries:
+                    break
+                self.last_retries += 1
+                delay = self._backoff(attempt, exc.retry_after)
+                logger.debug("request %d: %s; retry %d in %.2f s", index, exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+        raise EngineError(
+            f"request {index} failed after {len(errors)} attempt(s) against {', '.join(self.base_urls)}; "
+            f"last error: {errors[-1]}"
+        )
+
+    async def _attempt(self, client: Any, url: str, body: dict[str, Any], index: int) -> Generation:
+        import httpx
+
+        endpoint = f"{url}/chat/completions"
+        self._in_flight[url] += 1
+        try:
+            response = await client.post(endpoint, json=body)
+        except httpx.TimeoutException as exc:
+            raise _RetryableError(f"{endpoint}: timed out ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise _RetryableError(
+                f"{endpoint}: cannot connect or connection lost ({type(exc).__name__}: {exc})"
+            ) from exc
+        finally:
+            self._in_flight[url] -= 1
+        status = response.status_code
+        if status == 429 or status >= 500 or status in _RETRY_STATUS:
+            raise _RetryableError(
+                f"{endpoint}: HTTP {status} {response.text[:200]!r}", retry_after=_retry_after(response)
+            )
+        if status != 200:
+            raise EngineError(f"{endpoint} rejected request {index} with HTTP {status}: {response.text[:1000]}")
+        try:
+            return self._parse(response.json())
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise EngineError(
+                f"{endpoint} answered request {index} with an unexpected body: {response.text[:500]}"
+            ) from exc
+
+    def _parse(self, data: dict[str, Any]) -> Generation:
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content") or ""
+        # vLLM and others name it `reasoning_content` (newer vLLM: `reasoning`).
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        text, kept = merge_reasoning(content, reasoning, self.reasoning)
+        usage = data.get("usage") or {}
+        num_tokens = usage.get("completion_tokens")
+        if num_tokens is None:
+            num_tokens = self.count_tokens(content + (reasoning or ""))
+            logger.debug("response without usage; counted %d completion tokens locally", num_tokens)
+        return Generation(
+            text=text, num_tokens=int(num_tokens), finish_reason=choice.get("finish_reason") or "stop", reasoning=kept
+        )
+
+
+def _retry_after(response: Any) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
