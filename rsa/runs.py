@@ -374,7 +374,7 @@ class RunDirectory:
 
 
 def run_evaluation(
-    engine: Engine,
+    engine: Engine | None,
     problems: Sequence[Problem],
     config: LoopConfig,
     run_dir: RunDirectory,
@@ -384,7 +384,7 @@ def run_evaluation(
     """Run (or continue) `config` on `problems` into `run_dir`; returns every step's metrics line.
 
     The run directory must have been created (or checked for resumption) already; steps it holds are
-    loaded, not regenerated.
+    loaded, not regenerated. `engine` may be None when every step is already committed.
     """
     run_dir.remove_stale_temporaries()
     done = run_dir.completed_steps()
@@ -394,8 +394,17 @@ def run_evaluation(
     if done:
         keep = range(1, len(done) + 1) if config.method == "majority" else [len(done)]
         history = [run_dir.load_population(step, problems, config) for step in keep]
-        logger.info("resuming %s after step %d of %d", run_dir.path, len(done), config.num_steps)
+        if len(done) == config.num_steps:
+            logger.info("%s: all %d steps are already done", run_dir.path, len(done))
+        else:
+            logger.info("resuming %s after step %d of %d", run_dir.path, len(done), config.num_steps)
     summaries = list(done)
+    if len(done) == config.num_steps:
+        final_population = evaluated_population(config.method, history)
+        run_dir.write_final(final_answers(problems, final_population, config.final, config.seed), config.final)
+        return summaries
+    if engine is None:
+        raise ValueError(f"{run_dir.path}: steps {len(done) + 1}..{config.num_steps} remain but no engine was given")
     loop = RSALoop(engine, problems, config)
     bar = tqdm(
         total=config.num_steps, initial=len(done), desc=f"{config.method} steps", unit="step", disable=not progress

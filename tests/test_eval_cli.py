@@ -159,6 +159,8 @@ def test_eval_then_report_on_tiny_model(tmp_path, capsys, tiny_model_dir):
     assert code == 2 and "already holds a run; pass --resume" in err
     code, _, err = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "4", "--resume"), capsys)
     assert code == 2 and "config.steps: run has 3, now 4" in err
+    code, out, _ = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "3", "--resume"), capsys)
+    assert code == 0 and "already complete" in out
 
     report = tmp_path / "report"
     code, out, _ = run_cli(["report", str(rsa_run), str(sample_run), "--out", str(report)], capsys)

@@ -154,22 +154,24 @@ def test_resume_refuses_changed_config_and_names_keys(tmp_path):
     run_dir.check_resumable(same)
 
 
-@pytest.mark.parametrize("method", ["rsa", "majority", "refine"])
-def test_resume_after_crash_equals_uninterrupted(tmp_path, fake_engine, method):
+@pytest.mark.parametrize(("method", "fail_on_call"), [("rsa", 3), ("majority", 3), ("refine", 3), ("single-agg", 2)])
+def test_resume_after_crash_equals_uninterrupted(tmp_path, fake_engine, method, fail_on_call):
     items = problems(3)
     config = LoopConfig(method=method, population=4, k=2, steps=4, max_new_tokens=64, seed=5)
     whole = new_run(tmp_path / "whole", items)
     run_evaluation(fake_engine(), items, config, whole, progress=False)
 
     broken = new_run(tmp_path / "broken", items)
-    with pytest.raises(RuntimeError, match="injected failure on generate call 3"):
-        run_evaluation(fake_engine(fail_on_call=3), items, config, broken, progress=False)
-    assert len(broken.completed_steps()) == 2
+    with pytest.raises(RuntimeError, match=f"injected failure on generate call {fail_on_call}"):
+        run_evaluation(fake_engine(fail_on_call=fail_on_call), items, config, broken, progress=False)
+    assert len(broken.completed_steps()) == fail_on_call - 1
     assert not (broken.path / "final.json").exists()
     engine = fake_engine()
     run_evaluation(engine, items, config, broken, progress=False)
-    assert len(engine.calls) == 2  # only steps 3 and 4 were generated again
+    assert len(engine.calls) == config.num_steps - fail_on_call + 1  # only the missing steps were generated
     assert records(broken.path) == records(whole.path)
+    # a complete run needs no engine to be finished again
+    assert run_evaluation(None, items, config, broken, progress=False) == broken.completed_steps()
 
 
 # ----- a real kill: `rsa eval` on the tiny model through the hf engine -----------------------------------------

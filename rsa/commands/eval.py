@@ -253,6 +253,12 @@ def run(args: argparse.Namespace) -> int:
     elif run_dir.exists():
         raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
 
+    if args.resume and len(run_dir.completed_steps()) >= loop_config.num_steps:
+        summaries = run_evaluation(None, problems, loop_config, run_dir, progress=False)  # nothing to generate
+        print(format_summary_table(summaries))
+        print(f"run directory: {args.out} (already complete)")
+        return 0
+
     # 2. the engine; the run directory is created only once the engine is up and every prompt fits
     from rsa.engines import make_engine
 
