@@ -50,6 +50,7 @@ def base_argv(model: str, out: Path, *extra: str) -> list[str]:
         (["--dataset", "rg:no_such_task"], "unknown Reasoning Gym task"),
         (["--limit", "0"], "--limit must be >= 1"),
         (["--method", "single-agg", "--steps", "1"], "single-agg needs steps T >= 2"),
+        (["--max-new-tokens", "8192"], "leaves no room for a prompt in the model's context of 4096 tokens"),
     ],
 )
 def test_bad_input_is_reported_before_loading(tmp_path, capsys, no_engine, tiny_model_dir, extra, message):

@@ -321,3 +321,22 @@ def test_rsa_on_tiny_model_vllm(vllm_engine, tmp_path):
     again = RSALoop(vllm_engine, problems, config).run_step(1, None)
     stored = run_dir.load_population(1, problems, config)
     assert [[m.text for m in p] for p in again.generated] == [[m.text for m in p] for p in stored]
+
+
+@pytest.mark.parametrize("thinking", ["strip", "keep"])
+def test_thinking_mode_decides_whether_reasoning_enters_candidates(fake_engine, thinking):
+    from rsa.engines.base import Generation
+
+    class ThinkingEngine(fake_engine().__class__):
+        def generate(self, conversations, params, seeds=None):
+            self.calls.append((list(conversations), list(seeds)))
+            return [Generation(text=f"ANSWER{s}", num_tokens=5, reasoning=f"THOUGHT{s}") for s in seeds]
+
+    engine = ThinkingEngine()
+    config = LoopConfig(population=2, k=2, steps=2, max_new_tokens=64, thinking=thinking)
+    steps = run_all(RSALoop(engine, math_problems(1), config))
+    prompt = engine.calls[1][0][0][-1]["content"]
+    first = steps[0].generated[0][0]
+    assert f"ANSWER{first.seed}" in prompt
+    assert (f"<think>\nTHOUGHT{first.seed}\n</think>" in prompt) == (thinking == "keep")
+    assert first.reasoning == f"THOUGHT{first.seed}"

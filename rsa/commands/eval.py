@@ -12,6 +12,7 @@ named like the options with underscores); options given on the command line win.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -181,6 +182,18 @@ ENGINE_OPTIONS = {
 }
 
 
+def _local_context_length(model: str) -> int | None:
+    """`max_position_embeddings` from a local model directory's config.json, when there is one."""
+    config_file = Path(model) / "config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        value = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
 def _in_hub_cache(repo_id: str) -> bool:
     """Whether the hub model `repo_id` has a cached config.json."""
     from huggingface_hub import try_to_load_from_cache
@@ -238,6 +251,12 @@ def run(args: argparse.Namespace) -> int:
         thinking=args.thinking,
     )
     args.model = check_model(args.model, args.engine)
+    context = args.max_model_len or _local_context_length(args.model)
+    if context is not None and args.max_new_tokens >= context:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in the model's context of {context} "
+            "tokens; lower --max-new-tokens (or raise --max-model-len)"
+        )
     problems = load_problems(args.dataset, limit=args.limit, task=args.task, size=args.size, seed=args.data_seed)
     logger.info("%d problems from %s", len(problems), args.dataset)
 
