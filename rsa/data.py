@@ -137,7 +137,8 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
         raise ValueError(f"{where}: no question: expected field 'prompt' (chat messages) or 'question' (text)")
 
     reward_model = _json_field(row.get("reward_model") or {}, where, "reward_model")
-    answer = row.get("answer")
+    # SuperGPQA keeps the option text in `answer` and the letter in `answer_letter`
+    answer = row.get("answer_letter") if row.get("answer_letter") is not None else row.get("answer")
     if answer is None and isinstance(reward_model, Mapping):
         answer = reward_model.get("ground_truth")
     if answer is not None and not isinstance(answer, str):

@@ -118,3 +118,12 @@ def test_bad_specs(tmp_path):
     path.write_text('{"question": "q", "answer": 1}\n{oops\n')
     with pytest.raises(ValueError, match=r"x\.jsonl: line 2: invalid JSON"):
         load_problems(str(path))
+
+
+def test_supergpqa_rows_use_the_answer_letter(tmp_path):
+    row = {"uuid": "u1", "question": "Which gas?", "options": ["Neon", "Argon", "Xenon"], "answer": "Argon",
+           "answer_letter": "B", "discipline": "Science"}  # fmt: skip
+    path = tmp_path / "sgpqa.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (problem,) = load_problems(str(path), task="mcq")
+    assert problem.answer == "B" and "B. Argon" in problem.question
