@@ -14,6 +14,7 @@ COMMANDS = [
     "eval",
     "report",
     "demo",
+    "publish",
     "augment",
 ]
 

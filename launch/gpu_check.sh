@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# GPU check of the training stack: the smoke recipe (configs/recipes/cpu_smoke.yaml) on ONE GPU with bf16
+# (use_cpu false), under DeepSpeed ZeRO-2 and then ZeRO-3 through `accelerate launch --num_processes 1`,
+# 3 GRPO steps each. Prints one line per config:
+#   PASS zero2: 3/3 steps, last loss ..., reward ..., DEEPSPEED ZeRO-2, bf16, 41 s
+# and exits non-zero when any config fails. Expected total: 1-3 minutes.
+#
+#   bash launch/gpu_check.sh
+#
+# Assumes a CUDA build of torch is installed. When a .whl/ folder exists in the repository, the training
+# libraries are installed from it offline (`pip install --no-index --find-links .whl`; see docs/TRAINING.md for
+# the download list); torch itself is never reinstalled. Nothing is downloaded: the tiny model is built here.
+# Logs and outputs go to $OUT (the device runner's folder) or /tmp/rsa-gpu-check.
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+work="${OUT:-/tmp/rsa-gpu-check}"
+steps=3
+per_config_timeout="${CONFIG_TIMEOUT:-200}"
+mkdir -p "$work"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$work/torch_extensions}"
+export HF_DATASETS_CACHE="$work/hf_datasets_cache"
+export WANDB_DISABLED=true
+
+echo "== environment" >&2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2 >&2
+if [ -d .whl ]; then
+  echo "== installing the training stack from .whl/ (offline)" >&2
+  "$python" -m pip install --no-index --find-links .whl --quiet --disable-pip-version-check \
+      trl==1.16.0 peft==0.21.2 accelerate==1.15.0 deepspeed==0.19.8 transformers==5.19.0 datasets==5.2.0 \
+      math-verify==0.9.0 pyyaml > "$work/pip.log" 2>&1 \
+    || { echo "FAIL install: pip could not install from .whl/ (tail of $work/pip.log below)"; tail -20 "$work/pip.log"; exit 1; }
+fi
+if ! "$python" - <<'PY' >&2
+import sys
+import torch
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
+import accelerate, datasets, deepspeed, peft, transformers, trl
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"{torch.cuda.get_device_name(0)}, bf16 {torch.cuda.is_bf16_supported()}; transformers {transformers.__version__}, "
+      f"trl {trl.__version__}, accelerate {accelerate.__version__}, deepspeed {deepspeed.__version__}, "
+      f"peft {peft.__version__}, datasets {datasets.__version__}")
+PY
+then
+  echo "FAIL environment: CUDA torch or a training library is missing (see above)"
+  exit 1
+fi
+
+echo "== tiny model and training rows" >&2
+"$python" - "$work" <<'PY' >&2 || { echo "FAIL setup: could not build the tiny model / rows"; exit 1; }
+import json, sys
+from pathlib import Path
+from rsa.tiny import build_tiny_model
+work = Path(sys.argv[1])
+build_tiny_model(work / "tiny-model")
+# Plain math prompts in the training-row layout (docs/FORMATS.md); scored by the real math reward.
+with open(work / "rows.jsonl", "w") as fh:
+    for a in range(16):
+        question = f"What is {a} + {a + 3}? Please reason step by step, and put your final answer within \\boxed{{}}."
+        fh.write(json.dumps({"prompt": [{"role": "user", "content": question}], "task": "math",
+                             "answer": str(2 * a + 3), "kind": "plain", "problem_id": f"add-{a}"}) + "\n")
+PY
+
+status=0
+summaries=()
+for stage in 2 3; do
+  name="zero$stage"
+  out="$work/$name"
+  rm -rf "$out"
+  start=$SECONDS
+  timeout "$per_config_timeout" "$python" -m accelerate.commands.launch \
+      --config_file "configs/accelerate/$name.yaml" --num_processes 1 --num_machines 1 --mixed_precision bf16 \
+      --dynamo_backend no train/grpo_agg.py --config configs/recipes/cpu_smoke.yaml \
+      --model_name_or_path "$work/tiny-model" --output_dir "$out" --use_cpu false --bf16 true \
+      --dataset_files "$work/rows.jsonl" --problems "" --max_steps "$steps" --save_strategy no \
+      > "$work/$name.log" 2>&1
+  rc=$?
+  line=$("$python" - "$out" "$rc" "$steps" "$name" "$((SECONDS - start))" <<'PY'
+import json, math, sys
+from pathlib import Path
+out, rc, steps, name, seconds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+state_file, record_file = out / "trainer_state.json", out / "rsa_training.json"
+state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+done = state.get("global_step", 0)
+logs = [h for h in state.get("log_history", []) if "loss" in h]
+loss = logs[-1]["loss"] if logs else float("nan")
+reward = logs[-1].get("reward", float("nan")) if logs else float("nan")
+kind = f"{record.get('distributed_type', '?')} ZeRO-{record.get('zero_stage', '?')}"
+precision = "bf16" if (record.get("training_args") or {}).get("bf16") else "fp32"
+ok = rc == 0 and done == steps and math.isfinite(loss) and kind == f"DEEPSPEED ZeRO-{name[-1]}" and precision == "bf16"
+why = "" if ok else f" (exit code {rc}{', timed out' if rc == 124 else ''})"
+print(f"{'PASS' if ok else 'FAIL'} {name}: {done}/{steps} steps, last loss {loss:.4g}, reward {reward:.4g}, "
+      f"{kind}, {precision}, {seconds} s{why}")
+PY
+)
+  [[ "$line" == PASS* ]] || { status=1; echo "---- tail of $work/$name.log" >&2; tail -25 "$work/$name.log" >&2; }
+  summaries+=("$line")
+done
+echo "== summary"
+printf '%s\n' "${summaries[@]}"
+exit "$status"

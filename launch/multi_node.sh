@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Multi-node aggregation-aware GRPO: `trl vllm-serve` on a dedicated node, training on the other nodes.
+#
+#   VLLM_HOST=gpu-node-0 TRAIN_HOSTS="gpu-node-1 gpu-node-2" \
+#     bash launch/multi_node.sh configs/recipes/qwen3_4b_agg.yaml [recipe overrides ...]
+#
+# Run it from a machine that reaches every node by ssh (LAUNCHER=ssh, the default), or inside a SLURM allocation
+# with LAUNCHER=srun (launch/slurm/multi_node.sbatch sets everything up). The repository and its virtual
+# environment must be at the same path on every node (shared filesystem): the per-process start scripts and
+# pid files are written to LOG_DIR and read on the nodes.
+#
+# Sequence: start the server on VLLM_HOST -> poll its health endpoint until it answers (fail after
+# HEALTH_TIMEOUT or when the server exits) -> run training on TRAIN_HOSTS with vllm_mode server -> stop the
+# server. The teardown runs from a trap on EXIT: the server (and any training node still running) is stopped
+# when training finishes, when a node fails, and when this script is interrupted.
+#
+# Variables [defaults]:
+#   VLLM_HOST          node serving generations with all its GPUs (required)
+#   TRAIN_HOSTS        space-separated training nodes; the first one is the rendezvous master (required)
+#   GPUS_PER_NODE      [8] GPUs per node (server and training nodes alike)
+#   VLLM_TP, VLLM_DP   [1, GPUS_PER_NODE/VLLM_TP] tensor- and data-parallel size of the server (TP x DP = its GPUs)
+#   VLLM_PORT          [8000] server HTTP port (generation requests and the health endpoint)
+#   VLLM_GROUP_PORT    [51216] port of the NCCL group through which training pushes new weights to the server
+#   VLLM_MAX_MODEL_LEN [43008] server context: longest prompt + max_completion_length
+#   VLLM_GPU_MEM       [0.9] fraction of each server GPU that vLLM may use
+#   MASTER_PORT        [29500] torch.distributed rendezvous port on the first training host
+#   COMPLETIONS_PER_STEP [1024] completions per optimizer step (256 prompts x 4 generations); with
+#                      PER_DEVICE_BATCH [1] it sets gradient_accumulation_steps =
+#                      COMPLETIONS_PER_STEP / (PER_DEVICE_BATCH x training GPUs)
+#   ACCELERATE_CONFIG  [configs/accelerate/multi_node.yaml]
+#   HEALTH_PATH        [/health] TRL 1.16's server is vLLM's own (`/health`); older TRL servers answer `/health/`
+#                      (curl follows redirects, so either works)
+#   HEALTH_TIMEOUT     [1200] seconds to wait for the server to become healthy
+#   SRUN_ARGS          [--gpus-per-node=GPUS_PER_NODE] extra srun options of every step (LAUNCHER=srun)
+#   LOG_DIR            [logs/multi_node-<date>] server and per-node training logs
+#   VENV               [.venv] virtual environment (relative to the repository or absolute)
+#   MODEL              [the recipe's model_name_or_path] model the server loads
+#   SERVER_CMD, TRAIN_CMD  replace the server / per-node training command (dry runs of this orchestration;
+#                      TRAIN_CMD sees NODE_RANK in its environment)
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+recipe="${1:?usage: VLLM_HOST=h0 TRAIN_HOSTS='h1 h2' $0 RECIPE [recipe overrides ...]}"
+shift
+: "${VLLM_HOST:?set VLLM_HOST, the node that runs the vLLM server}"
+: "${TRAIN_HOSTS:?set TRAIN_HOSTS, the space-separated training nodes}"
+launcher="${LAUNCHER:-ssh}"
+gpus="${GPUS_PER_NODE:-8}"
+vllm_tp="${VLLM_TP:-1}"
+vllm_dp="${VLLM_DP:-$((gpus / vllm_tp))}"
+vllm_port="${VLLM_PORT:-8000}"
+group_port="${VLLM_GROUP_PORT:-51216}"
+max_len="${VLLM_MAX_MODEL_LEN:-43008}"
+gpu_mem="${VLLM_GPU_MEM:-0.9}"
+master_port="${MASTER_PORT:-29500}"
+per_device="${PER_DEVICE_BATCH:-1}"
+completions="${COMPLETIONS_PER_STEP:-1024}"
+accelerate_config="${ACCELERATE_CONFIG:-configs/accelerate/multi_node.yaml}"
+health_path="${HEALTH_PATH:-/health}"
+health_timeout="${HEALTH_TIMEOUT:-1200}"
+read -r -a srun_args <<< "${SRUN_ARGS:---gpus-per-node=$gpus}"
+log_dir="${LOG_DIR:-logs/multi_node-$(date +%Y%m%d-%H%M%S)}"
+venv="${VENV:-.venv}"
+case "$venv" in /*) ;; *) venv="$repo/$venv" ;; esac
+read -r -a train_hosts <<< "$TRAIN_HOSTS"
+num_nodes=${#train_hosts[@]}
+num_processes=$((num_nodes * gpus))
+
+[ -f "$recipe" ] || { echo "recipe $recipe not found" >&2; exit 2; }
+case "$launcher" in ssh|srun|local) ;; *) echo "LAUNCHER must be ssh, srun or local, got $launcher" >&2; exit 2 ;; esac
+if (( completions % (per_device * num_processes) != 0 )); then
+  echo "COMPLETIONS_PER_STEP=$completions is not divisible by PER_DEVICE_BATCH x training GPUs" \
+       "($per_device x $num_processes): use 1, 2, 4 or 8 training nodes of 8 GPUs, or change PER_DEVICE_BATCH" >&2
+  exit 2
+fi
+grad_accum=$((completions / (per_device * num_processes)))
+model="${MODEL:-$("$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model_name_or_path"])' "$recipe")}"
+mkdir -p "$log_dir"
+log_dir="$(cd "$log_dir" && pwd)"
+
+# start NAME HOST COMMAND...: run COMMAND on HOST in the background, in its own session (process group), its
+# output in LOG_DIR/NAME.log. A start script in LOG_DIR records the group id in LOG_DIR/NAME.pid for `stop`.
+declare -A local_pid
+start() {
+  local name="$1" host="$2"; shift 2
+  local script="$log_dir/$name.sh"
+  { echo '#!/usr/bin/env bash'; echo "echo \$\$ > '$log_dir/$name.pid'"; echo "cd '$repo'"
+    printf 'exec '; printf '%q ' "$@"; echo; } > "$script"
+  rm -f "$log_dir/$name.pid"
+  case "$launcher" in
+    ssh) ssh -o BatchMode=yes "$host" "setsid -w bash '$script'" ;;
+    srun) srun --nodes=1 --ntasks=1 --nodelist="$host" "${srun_args[@]}" setsid -w bash "$script" ;;
+    local) setsid -w bash "$script" ;;
+  esac > "$log_dir/$name.log" 2>&1 &
+  local_pid[$name]=$!
+}
+
+# stop NAME HOST: end NAME's whole process group (vLLM's workers, accelerate's children included).
+stop() {
+  local name="$1" host="$2" pid="${local_pid[$1]:-}"
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    if [ "$launcher" = srun ]; then
+      kill -TERM "$pid" 2>/dev/null || true  # srun forwards the signal; SLURM ends every process of the step
+    elif [ -s "$log_dir/$name.pid" ]; then
+      local group; group="$(cat "$log_dir/$name.pid")"
+      if [ "$launcher" = ssh ]; then
+        ssh -o BatchMode=yes "$host" "kill -TERM -- -$group" 2>/dev/null || true
+      else
+        kill -TERM -- "-$group" 2>/dev/null || true
+      fi
+    fi
+  fi
+  wait "$pid" 2>/dev/null || true
+  unset "local_pid[$name]"
+}
+
+teardown() {
+  local status=$?
+  trap - EXIT INT TERM
+  for rank in "${!train_hosts[@]}"; do stop "train_node$rank" "${train_hosts[$rank]}"; done
+  if [ -n "${local_pid[vllm_server]:-}" ]; then
+    echo "stopping the vLLM server on $VLLM_HOST" >&2
+    stop vllm_server "$VLLM_HOST"
+  fi
+  exit "$status"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [ -n "${SERVER_CMD:-}" ]; then
+  read -r -a server_cmd <<< "$SERVER_CMD"
+else
+  server_cmd=("$venv/bin/trl" vllm-serve --model "$model" --tensor_parallel_size "$vllm_tp"
+              --data_parallel_size "$vllm_dp" --host 0.0.0.0 --port "$vllm_port" --max_model_len "$max_len"
+              --gpu_memory_utilization "$gpu_mem")
+fi
+echo "starting the vLLM server on $VLLM_HOST:$vllm_port (TP $vllm_tp x DP $vllm_dp); log: $log_dir/vllm_server.log" >&2
+start vllm_server "$VLLM_HOST" "${server_cmd[@]}"
+
+health_url="http://$VLLM_HOST:$vllm_port$health_path"
+deadline=$((SECONDS + health_timeout))
+until curl -sfL -o /dev/null --max-time 5 "$health_url"; do
+  if ! kill -0 "${local_pid[vllm_server]}" 2>/dev/null; then
+    echo "the vLLM server exited before becoming healthy; see $log_dir/vllm_server.log" >&2
+    exit 1
+  fi
+  if (( SECONDS > deadline )); then
+    echo "no healthy answer from $health_url after ${health_timeout}s; see $log_dir/vllm_server.log" >&2
+    exit 1
+  fi
+  sleep 2
+done
+echo "vLLM server healthy at $health_url" >&2
+
+echo "training on $num_nodes node(s): $per_device per device x $num_processes GPUs x $grad_accum accumulation" \
+     "= $completions completions per step" >&2
+for rank in "${!train_hosts[@]}"; do
+  if [ -n "${TRAIN_CMD:-}" ]; then
+    read -r -a train_cmd <<< "$TRAIN_CMD"
+    train_cmd=(env "NODE_RANK=$rank" "${train_cmd[@]}")
+  else
+    train_cmd=(env "TORCH_EXTENSIONS_DIR=$repo/.cache/torch_extensions" "$venv/bin/accelerate" launch
+               --config_file "$accelerate_config" --num_machines "$num_nodes" --num_processes "$num_processes"
+               --machine_rank "$rank" --main_process_ip "${train_hosts[0]}" --main_process_port "$master_port"
+               train/grpo_agg.py --config "$recipe" --use_vllm true --vllm_mode server
+               --vllm_server_host "$VLLM_HOST" --vllm_server_port "$vllm_port" --vllm_group_port "$group_port"
+               --per_device_train_batch_size "$per_device" --gradient_accumulation_steps "$grad_accum" "$@")
+  fi
+  start "train_node$rank" "${train_hosts[$rank]}" "${train_cmd[@]}"
+done
+
+# Wait until every node is done; the first failure (of a node or of the server) ends the run via the trap.
+running=("${!train_hosts[@]}")
+while ((${#running[@]})); do
+  still=()
+  for rank in "${running[@]}"; do
+    pid="${local_pid[train_node$rank]}"
+    if kill -0 "$pid" 2>/dev/null; then
+      still+=("$rank")
+    else
+      status=0; wait "$pid" || status=$?
+      unset "local_pid[train_node$rank]"
+      if ((status != 0)); then
+        echo "training on ${train_hosts[$rank]} failed (exit $status); see $log_dir/train_node$rank.log" >&2
+        exit "$status"
+      fi
+    fi
+  done
+  running=("${still[@]}")
+  if ((${#running[@]})) && ! kill -0 "${local_pid[vllm_server]}" 2>/dev/null; then
+    echo "the vLLM server died during training; see $log_dir/vllm_server.log" >&2
+    exit 1
+  fi
+  ((${#running[@]})) && sleep 5
+done
+echo "training finished; logs in $log_dir" >&2

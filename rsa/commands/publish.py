@@ -1,0 +1,63 @@
+"""`rsa publish CHECKPOINT --runs RUN_DIR... --repo-id USER/NAME`: model card with the RSA evaluation, Hub upload.
+
+    rsa eval --model outputs/qwen3_4b_agg/checkpoint-200 --dataset hmmt25 --out runs/ckpt200-hmmt25
+    rsa publish outputs/qwen3_4b_agg/checkpoint-200 --runs runs/ckpt200-hmmt25 --repo-id me/qwen3-4b-agg --dry-run
+
+builds the upload folder (default: hub-<checkpoint name> next to the checkpoint): the model files without
+optimizer state, README.md (model card: RSA table per run and step, plot, training settings) and eval/.
+Without --dry-run the folder is pushed to the Hugging Face Hub; a token is required (`hf auth login`,
+HF_TOKEN or --token).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the `publish` subcommand."""
+    p = sub.add_parser(
+        "publish",
+        help="write a model card with the RSA evaluation and push a checkpoint to the Hugging Face Hub",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory (checkpoint-* or the training output_dir)")
+    p.add_argument(
+        "--runs", nargs="+", type=Path, required=True, metavar="RUN_DIR", help="run directories written by `rsa eval`"
+    )
+    p.add_argument("--repo-id", required=True, help="Hub repository, e.g. my-org/qwen3-4b-agg-rl")
+    p.add_argument(
+        "--out", type=Path, help="upload folder to write (default: hub-<checkpoint name> beside the checkpoint)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="write the folder and model card only; push nothing")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", help="branch to push to (created if missing; default: main)")
+    p.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
+    p.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the saved login)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the folder; push it unless --dry-run."""
+    from rsa.publish import prepare_folder, push_folder, resolve_token
+
+    checkpoint = args.checkpoint.resolve() if args.checkpoint.exists() else args.checkpoint
+    out = args.out or checkpoint.parent / f"hub-{checkpoint.name}"
+    token = None
+    if not args.dry_run:  # refuse before doing any work
+        token = resolve_token(args.token)
+        if not token:
+            raise ValueError(
+                "no Hugging Face token: log in with `hf auth login`, set HF_TOKEN, or pass --token; "
+                "use --dry-run to only write the folder and model card"
+            )
+    folder = prepare_folder(args.checkpoint, args.runs, out, args.repo_id, license=args.license)
+    print(f"model card: {folder / 'README.md'}")
+    if args.dry_run:
+        print(f"dry run: nothing pushed; the folder {folder} is what would be uploaded to {args.repo_id}")
+        return 0
+    url = push_folder(folder, args.repo_id, token, private=args.private, revision=args.revision)
+    print(f"pushed: {url}")
+    return 0
