@@ -24,6 +24,7 @@ export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$work/torch_extensions}"
 export HF_DATASETS_CACHE="$work/hf_datasets_cache"
 export WANDB_DISABLED=true
+export PIP_BREAK_SYSTEM_PACKAGES=1  # images with an "externally managed" system Python
 
 echo "== environment" >&2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2 >&2

@@ -25,7 +25,10 @@ from rsa.tasks import Problem, get_task
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
 SCRIPT = REPO / "train" / "grpo_agg.py"
-RECIPES = sorted((REPO / "configs" / "recipes").glob("*.yaml"))
+RECIPES = [
+    REPO / "configs" / "recipes" / f"{name}.yaml"
+    for name in ("cpu_smoke", "qwen3_4b_agg", "qwen3_4b_standard", "qwen3_4b_agg_lora")
+]
 
 
 def _load_script():
