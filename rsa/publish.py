@@ -119,7 +119,7 @@ def _training_section(info: CheckpointInfo) -> str:
     rows = [
         ("base model", info.base_model),
         ("training data", script.get("dataset_files") or script.get("dataset_name") or script.get("problems")),
-        ("prompt kinds", script.get("dataset_kinds") or "all rows"),
+        ("training rows", _rows_label(info.training)),
         ("rewards", script.get("reward_funcs")),
         ("completions per prompt", args.get("num_generations")),
         ("advantage scaling", args.get("scale_rewards")),
@@ -138,6 +138,22 @@ def _training_section(info: CheckpointInfo) -> str:
     if packages:
         out += "\nPackages: " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items()) if v) + "\n"
     return out
+
+
+def _prompt_mix(training: dict) -> str | None:
+    """'aggregate' when the run trained on aggregation prompts, 'plain' when only on plain ones, None if unknown."""
+    kinds = (training.get("data") or {}).get("kinds")
+    if not kinds:
+        return None
+    return "aggregate" if kinds.get("aggregate") else "plain"
+
+
+def _rows_label(training: dict) -> str | None:
+    data = training.get("data") or {}
+    if "rows" not in data:
+        return None
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted((data.get("kinds") or {}).items()))
+    return f"{data['rows']} ({kinds})" if kinds else str(data["rows"])
 
 
 def _distributed_label(training: dict) -> str | None:
@@ -162,9 +178,14 @@ def model_card(info: CheckpointInfo, runs: list, repo_id: str, license: str | No
     )
     name = repo_id.split("/")[-1]
     intro = (
-        f"`{name}` was trained with aggregation-aware GRPO (`train/grpo_agg.py`, rsa-rl): reinforcement learning "
-        "on a mixture of plain prompts and aggregation prompts that hold several candidate solutions, so that "
-        "the model improves at recursive self-aggregation (RSA) as well as at single answers."
+        f"`{name}` was trained with GRPO (`train/grpo_agg.py`, rsa-rl)"
+        + {
+            "aggregate": ": aggregation-aware RL on a mixture of plain prompts and aggregation prompts that hold several "
+            "candidate solutions, so that the model improves at recursive self-aggregation (RSA) as well as at single "
+            "answers.",
+            "plain": " on plain prompts only (standard RL, the baseline of aggregation-aware RL).",
+            None: ".",
+        }[_prompt_mix(info.training)]
     )
     if info.is_adapter:
         intro += f" This repository holds a LoRA adapter for `{info.base_model}`."

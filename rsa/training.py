@@ -581,9 +581,9 @@ def completions_log_path(script_args: GRPOAggScriptArguments, output_dir: str) -
 
 
 # ----- provenance --------------------------------------------------------------------------------------------
-def provenance(script_args, training_args, model_args) -> dict:
+def provenance(script_args, training_args, model_args, dataset=None) -> dict:
     """The exact configuration of a run, as JSON-serialisable data (written next to checkpoints)."""
-    return {
+    record = {
         "script_args": asdict(script_args),
         "training_args": training_args.to_dict(),
         "model_args": asdict(model_args),
@@ -591,6 +591,12 @@ def provenance(script_args, training_args, model_args) -> dict:
         "argv": sys.argv,
         "packages": package_versions(),
     }
+    if dataset is not None:
+        kinds: dict[str, int] = {}
+        for kind in dataset["kind"] if "kind" in dataset.column_names else []:
+            kinds[str(kind)] = kinds.get(str(kind), 0) + 1
+        record["data"] = {"rows": len(dataset), "kinds": kinds}
+    return record
 
 
 def package_versions() -> dict[str, str | None]:

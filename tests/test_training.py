@@ -285,6 +285,8 @@ def test_smoke_recipe_trains_for_real(trained, tiny_model_dir):
     record = json.loads((trained / "checkpoint-2" / "rsa_training.json").read_text())
     assert record["script_args"]["reward_funcs"] == ["task", "length_shaping"]
     assert record["training_args"]["num_generations"] == 2
+    # 9 rows from the file (4 plain + 4 aggregate + 1 math) and the recipe's 16 plain Reasoning Gym problems
+    assert record["data"] == {"rows": 25, "kinds": {"aggregate": 4, "plain": 21}}
 
 
 @pytest.mark.slow
@@ -317,6 +319,7 @@ def test_trained_checkpoint_loads_in_rsa_eval_and_publishes(trained, tmp_path):
                  "--dry-run"]) == 0  # fmt: skip
     card = (out / "README.md").read_text()
     assert "| ckpt2-rg |" in card and "| optimizer steps | 2 |" in card
+    assert "aggregation-aware RL on a mixture of plain prompts and aggregation prompts" in card
 
 
 @pytest.mark.slow

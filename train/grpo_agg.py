@@ -113,7 +113,7 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
         args=training_args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[ProvenanceCallback(provenance(script_args, training_args, model_args))],
+        callbacks=[ProvenanceCallback(provenance(script_args, training_args, model_args, dataset))],
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
