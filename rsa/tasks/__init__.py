@@ -11,6 +11,7 @@ _REGISTRY: dict[str, str] = {
     "math": "rsa.tasks.math:MathTask",
     "rg": "rsa.tasks.reasoning_gym:ReasoningGymTask",
     "mcq": "rsa.tasks.mcq:MultipleChoiceTask",
+    "toy": "rsa.tasks.toy:ToyArithmeticTask",
     "code": "rsa.tasks.code:CodeTask",
 }
 _ALIASES = {"reasoning_gym": "rg", "reasoning-gym": "rg", "multiple_choice": "mcq"}
