@@ -7,9 +7,9 @@
 #
 #   bash launch/gpu_check.sh
 #
-# Assumes a CUDA build of torch is installed. When a .whl/ folder exists in the repository, the training
-# libraries are installed from it offline (`pip install --no-index --find-links .whl`; see docs/TRAINING.md for
-# the download list); torch itself is never reinstalled. Nothing is downloaded: the tiny model is built here.
+# Assumes a CUDA build of torch (and transformers, accelerate) is installed. When a .whl/ folder exists in the
+# repository, the missing training libraries are installed from it offline (`pip install --no-deps --target`;
+# see docs/TRAINING.md for the download list); torch itself is never reinstalled. Nothing is downloaded: the tiny model is built here.
 # Logs and outputs go to $OUT (the device runner's folder) or /tmp/rsa-gpu-check.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,11 +29,13 @@ export PIP_BREAK_SYSTEM_PACKAGES=1  # images with an "externally managed" system
 echo "== environment" >&2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2 >&2
 if [ -d .whl ]; then
-  echo "== installing the training stack from .whl/ (offline)" >&2
-  "$python" -m pip install --no-index --find-links .whl --quiet --disable-pip-version-check \
-      trl==1.16.0 peft==0.21.2 accelerate==1.15.0 deepspeed==0.19.8 transformers==5.19.0 datasets==5.2.0 \
-      math-verify==0.9.0 pyyaml > "$work/pip.log" 2>&1 \
-    || { echo "FAIL install: pip could not install from .whl/ (tail of $work/pip.log below)"; tail -20 "$work/pip.log"; exit 1; }
+  # Wheels carried to a machine whose image already has CUDA torch, transformers and accelerate:
+  # installed as they are (no resolution, no downloads) into a private folder put first on the path.
+  echo "== installing the carried wheels from .whl/ (offline, --no-deps)" >&2
+  "$python" -m pip install --no-index --no-deps --no-compile --quiet --disable-pip-version-check \
+      --target "$work/site" .whl/*.whl > "$work/pip.log" 2>&1 \
+    || { echo "FAIL install: pip could not install .whl/ (tail of $work/pip.log below)"; tail -20 "$work/pip.log"; exit 1; }
+  export PYTHONPATH="$work/site:$PYTHONPATH"
 fi
 if ! "$python" - <<'PY' >&2
 import sys

@@ -180,13 +180,23 @@ class TinyModelSpec:
     seed: int = 0
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
-    """Train a byte-level BPE tokenizer with ChatML special tokens; returns a PreTrainedTokenizerFast."""
+def build_tokenizer(
+    vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None, individual_digits: bool = False
+):
+    """Train a byte-level BPE tokenizer with ChatML special tokens; returns a PreTrainedTokenizerFast.
+
+    `corpus` replaces the built-in procedural text; `individual_digits` keeps every digit its own
+    token (arithmetic is far easier to learn that way).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if individual_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -194,7 +204,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed, 4000), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _corpus(seed, 4000), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -207,8 +217,11 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:
-    """Write a tiny Qwen3 causal LM (random weights, float32) and its tokenizer to `out_dir`."""
+def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None, tokenizer=None) -> Path:
+    """Write a tiny Qwen3 causal LM (random weights, float32) and its tokenizer to `out_dir`.
+
+    `tokenizer` overrides the default procedural BPE tokenizer (the vocabulary follows its size).
+    """
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
@@ -217,7 +230,7 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec | None = None) -> 
         raise ValueError(f"head_dim={spec.head_dim}: vLLM's CPU attention needs head_dim >= 32")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.vocab_size, spec.seed)
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(spec.vocab_size, spec.seed)
     torch.manual_seed(spec.seed)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
