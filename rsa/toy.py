@@ -68,7 +68,9 @@ def toy_tokenizer(seed: int = 0):
     return build_tokenizer(vocab_size=320, seed=seed, corpus=corpus, individual_digits=True)
 
 
-def pretraining_example(rng: random.Random, config: PretrainConfig, index: int, aggregate: bool) -> tuple[Conversation, str]:
+def pretraining_example(
+    rng: random.Random, config: PretrainConfig, index: int, aggregate: bool
+) -> tuple[Conversation, str]:
     """One (prompt conversation, target text) pair: a plain solve, or (`aggregate`) an aggregation prompt
     whose target copies one of its candidates at random."""
     task = get_task("toy")

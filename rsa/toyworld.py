@@ -46,10 +46,10 @@ class ToyWorldConfig:
     candidates: int = 6
     k: str = "2-4"
     aggregate_fraction: float = 0.5
-    grpo_steps: int = 100
+    grpo_steps: int = 200
     prompts_per_step: int = 4
     num_generations: int = 8
-    learning_rate: float = 5e-4
+    learning_rate: float = 5e-5
     max_completion_length: int = 48
     eval_population: int = 8
     eval_k: int = 3
@@ -66,7 +66,7 @@ class ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         return cls(
             pretrain=PretrainConfig(steps=120, warmup_steps=20),
-            learning_rate=5e-4,
+            learning_rate=5e-5,
             train_problems=64,
             eval_problems=12,
             candidates=4,
@@ -108,7 +108,10 @@ def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
         ("eval", config.eval_problems, config.data_seed + 1000),
     ):
         path = out / f"{name}.jsonl"
-        rows = [{"id": p.id, "task": "toy", "question": p.question, "answer": p.answer} for p in generate_problems(count, seed, config.pretrain.spec, prefix=name)]
+        rows = [
+            {"id": p.id, "task": "toy", "question": p.question, "answer": p.answer}
+            for p in generate_problems(count, seed, config.pretrain.spec, prefix=name)
+        ]
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, path)
@@ -196,8 +199,12 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
         _rsa(augment)
 
     models = {"base": base}
-    models["standard"] = train_arm("standard", base, out / "models" / "standard", ["--problems", str(train_file)], config)
-    models["agg"] = train_arm("agg", base, out / "models" / "agg", ["--dataset_files", str(agg_dir / "train.parquet")], config)
+    models["standard"] = train_arm(
+        "standard", base, out / "models" / "standard", ["--problems", str(train_file)], config
+    )
+    models["agg"] = train_arm(
+        "agg", base, out / "models" / "agg", ["--dataset_files", str(agg_dir / "train.parquet")], config
+    )
 
     runs: dict[tuple[str, int], Path] = {}
     for seed in config.eval_seeds:

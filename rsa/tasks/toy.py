@@ -36,7 +36,9 @@ def make_problem(rng: random.Random, spec: ToySpec, index: int, prefix: str = "t
     high = 10**spec.digits - 1
     numbers = [rng.randint(1, high) for _ in range(spec.terms)]
     question = "Add: " + "+".join(map(str, numbers))
-    return Problem(id=f"{prefix}-{index}", task="toy", question=question, answer=str(sum(numbers)), meta={"numbers": numbers})
+    return Problem(
+        id=f"{prefix}-{index}", task="toy", question=question, answer=str(sum(numbers)), meta={"numbers": numbers}
+    )
 
 
 def generate_problems(n: int, seed: int, spec: ToySpec | None = None, prefix: str = "toy") -> list[Problem]:
