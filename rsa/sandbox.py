@@ -801,7 +801,9 @@ class Sandbox:
             raise ValueError(f"Sandbox mode must be one of {MODES}, got {mode!r}")
         self.limits = limits or Limits()
         self.max_workers = max(1, int(max_workers or os.cpu_count() or 1))
-        self.python = python or sys.executable
+        # The harness runs with `-I -S` (no site-packages), so the real interpreter behind a virtual
+        # environment serves, and it usually lives outside /tmp, which the sandbox replaces with a tmpfs.
+        self.python = python or os.path.realpath(sys.executable)
         self.requested_mode = mode
         self.hidden_paths = tuple(os.path.realpath(p) for p in hidden_paths)
         self._bwrap = shutil.which("bwrap")
@@ -1001,7 +1003,13 @@ class Sandbox:
             # Unprivileged caller: one bwrap, same uid; hide the caller's private directories in it.
             inner += view
         inner += ["--dev", "/dev", "--proc", "/proc"]
-        inner += [*tmpfs_size, "--tmpfs", "/tmp", "--ro-bind", host_dir, _IN_SPEC, "--dir", _IN_WORK]
+        inner += [*tmpfs_size, "--tmpfs", "/tmp"]
+        # an interpreter installed under /tmp would vanish under the tmpfs: bind its own directories back,
+        # read-only (only the interpreter's: the harness runs with -I -S and needs no site-packages)
+        for path in dict.fromkeys((os.path.dirname(os.path.realpath(self.python)), sys.base_prefix, sys.base_exec_prefix)):
+            if _is_under(os.path.realpath(path), "/tmp") and os.path.isdir(path):
+                inner += ["--ro-bind", os.path.realpath(path), os.path.realpath(path)]
+        inner += ["--ro-bind", host_dir, _IN_SPEC, "--dir", _IN_WORK]
         inner += [*io_size, "--tmpfs", _IN_IO]
         inner += ["--chdir", _IN_WORK, "--hostname", "sandbox", "--clearenv"]
         for key, value in self._env(_IN_WORK).items():

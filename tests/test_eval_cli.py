@@ -177,13 +177,6 @@ def test_eval_then_report_on_tiny_model(tmp_path, capsys, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_demo_quick(tmp_path, capsys):
-    code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path / "demo")], capsys)
-    assert code == 0
-    assert (tmp_path / "demo" / "report" / "rsa_steps.png").read_bytes()[:8] == PNG_MAGIC
-    assert "demo finished" in out
-
-
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_eval_through_openai_engine_against_vllm_server(tmp_path, capsys, vllm_server, tiny_model_dir):

@@ -201,7 +201,9 @@ class VLLMEngine(Engine):
         self.llm = None
         try:
             llm.llm_engine.engine_core.shutdown()
-        except (AttributeError, RuntimeError) as exc:
+        except (AttributeError, RuntimeError, ValueError) as exc:
+            # e.g. another library in this process already tore torch.distributed down (ValueError:
+            # "Invalid process group"); the engine is being discarded either way
             logger.warning("vllm engine shutdown: %s", exc)
         del llm
         try:
@@ -209,7 +211,7 @@ class VLLMEngine(Engine):
 
             destroy_model_parallel()
             destroy_distributed_environment()
-        except (ImportError, AssertionError, RuntimeError) as exc:
+        except (ImportError, AssertionError, RuntimeError, ValueError) as exc:
             logger.debug("vllm distributed cleanup: %s", exc)
         gc.collect()
         try:
