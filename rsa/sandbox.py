@@ -1006,7 +1006,9 @@ class Sandbox:
         inner += [*tmpfs_size, "--tmpfs", "/tmp"]
         # an interpreter installed under /tmp would vanish under the tmpfs: bind its own directories back,
         # read-only (only the interpreter's: the harness runs with -I -S and needs no site-packages)
-        for path in dict.fromkeys((os.path.dirname(os.path.realpath(self.python)), sys.base_prefix, sys.base_exec_prefix)):
+        for path in dict.fromkeys(
+            (os.path.dirname(os.path.realpath(self.python)), sys.base_prefix, sys.base_exec_prefix)
+        ):
             if _is_under(os.path.realpath(path), "/tmp") and os.path.isdir(path):
                 inner += ["--ro-bind", os.path.realpath(path), os.path.realpath(path)]
         inner += ["--ro-bind", host_dir, _IN_SPEC, "--dir", _IN_WORK]
