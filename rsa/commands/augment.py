@@ -28,17 +28,6 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("hf", "vllm", "openai")
 
-# CLI option -> {engine: its keyword argument}
-ENGINE_OPTIONS = {
-    "dtype": {"hf": "dtype", "vllm": "dtype"},
-    "engine_max_model_len": {"hf": "max_model_len", "vllm": "max_model_len", "openai": "max_model_len"},
-    "batch_size": {"hf": "batch_size", "openai": "max_concurrency"},
-    "tensor_parallel_size": {"vllm": "tensor_parallel_size"},
-    "gpu_memory_utilization": {"vllm": "gpu_memory_utilization"},
-    "base_url": {"openai": "base_urls"},
-    "api_key": {"openai": "api_key"},
-}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Add the augment options to `p` (shared by `rsa augment` and data/build_agg_dataset.py)."""
@@ -112,15 +101,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     """The engine options given, as `make_engine` keyword arguments; ValueError for another engine's option."""
-    options = {}
-    for dest, keywords in ENGINE_OPTIONS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if args.engine not in keywords:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} is an option of the {' / '.join(keywords)} engine, not of {args.engine}")
-        options[keywords[args.engine]] = value
+    from rsa.engines import CLI_ENGINE_OPTIONS, cli_engine_options
+
+    # here --max-model-len is the training budget; the engine's context is --engine-max-model-len
+    mapping = {k: v for k, v in CLI_ENGINE_OPTIONS.items() if k != "max_model_len"}
+    mapping["engine_max_model_len"] = CLI_ENGINE_OPTIONS["max_model_len"]
+    options = cli_engine_options(args, mapping)
     return options
 
 

@@ -169,19 +169,6 @@ def check_model(model: str | None, engine: str) -> str:
     return str(path.resolve())
 
 
-# CLI option -> {engine: its keyword argument}
-ENGINE_OPTIONS = {
-    "dtype": {"hf": "dtype", "vllm": "dtype"},
-    "max_model_len": {"hf": "max_model_len", "vllm": "max_model_len", "openai": "max_model_len"},
-    "batch_size": {"hf": "batch_size", "openai": "max_concurrency"},
-    "tensor_parallel_size": {"vllm": "tensor_parallel_size"},
-    "gpu_memory_utilization": {"vllm": "gpu_memory_utilization"},
-    "base_url": {"openai": "base_urls"},
-    "api_key": {"openai": "api_key"},
-    "max_retries": {"openai": "max_retries"},
-}
-
-
 def _local_context_length(model: str) -> int | None:
     """`max_position_embeddings` from a local model directory's config.json, when there is one."""
     config_file = Path(model) / "config.json"
@@ -206,15 +193,9 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 def engine_options(args: argparse.Namespace) -> dict:
     """The engine options given, as `make_engine` keyword arguments; ValueError for another engine's option."""
-    options = {}
-    for dest, keywords in ENGINE_OPTIONS.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if args.engine not in keywords:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} is an option of the {' / '.join(keywords)} engine, not of {args.engine}")
-        options[keywords[args.engine]] = value
+    from rsa.engines import cli_engine_options
+
+    options = cli_engine_options(args)
     for item in args.engine_arg or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip().isidentifier():
