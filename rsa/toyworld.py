@@ -99,6 +99,7 @@ def _rsa(argv: list[str]) -> None:
 
 def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
     """Training and held-out problem files (flat JSONL, task `toy`); disjoint seeds."""
+    from rsa.runs import write_jsonl_atomic
     from rsa.tasks.toy import generate_problems
 
     out.mkdir(parents=True, exist_ok=True)
@@ -112,9 +113,7 @@ def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
             {"id": p.id, "task": "toy", "question": p.question, "answer": p.answer}
             for p in generate_problems(count, seed, config.pretrain.spec, prefix=name)
         ]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, path)
+        write_jsonl_atomic(path, rows)
         paths.append(path)
     return paths[0], paths[1]
 

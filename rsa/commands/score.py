@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,38 +57,30 @@ def grade_line(record: Any, where: str) -> dict:
 
 def score_file(input_path: Path, output_path: Path) -> tuple[int, list[str]]:
     """Grade every line of `input_path` into `output_path` atomically; returns (graded count, errors)."""
+    from rsa.runs import write_text_atomic
+
     if not input_path.exists():
         raise FileNotFoundError(f"input file {input_path} does not exist")
     errors: list[str] = []
-    graded = 0
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out, input_path.open(encoding="utf-8") as src:
-            lines = src.readlines()
-            for lineno, line in enumerate(tqdm(lines, desc="scoring", unit="line", disable=len(lines) < 200), 1):
-                if not line.strip():
-                    continue
-                where = f"{input_path}: line {lineno}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    errors.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                try:
-                    result = grade_line(record, where)
-                except ValueError as exc:
-                    errors.append(str(exc))
-                    continue
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-                graded += 1
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, output_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return graded, errors
+    graded: list[str] = []
+    lines = input_path.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(tqdm(lines, desc="scoring", unit="line", disable=len(lines) < 200), 1):
+        if not line.strip():
+            continue
+        where = f"{input_path}: line {lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        try:
+            result = grade_line(record, where)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        graded.append(json.dumps(result, ensure_ascii=False) + "\n")
+    write_text_atomic(output_path, "".join(graded))
+    return len(graded), errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
