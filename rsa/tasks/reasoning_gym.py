@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Hashable
 from functools import cache
 from typing import Any
 
@@ -89,10 +88,6 @@ class ReasoningGymTask(Task):
         entry = restore_entry(name, load_entry(problem.meta.get("entry"), f"problem {problem.id}"))
         score = _scorer(name)(extracted, entry)
         return float(score)
-
-    def equivalence_key(self, extracted: str | None, problem: Problem) -> Hashable | None:
-        """Whitespace-normalised answer text."""
-        return super().equivalence_key(extracted, problem)
 
     def validate(self, problem: Problem, where: str) -> None:
         """Require `dataset_name` (a registered Reasoning Gym task) and a parseable `entry`."""
