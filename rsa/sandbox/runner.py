@@ -14,6 +14,7 @@ import math
 import os
 import pwd
 import queue
+import re
 import selectors
 import shutil
 import signal
@@ -79,6 +80,7 @@ class Limits:
     max_output_bytes: int = 16 << 20  # stdout size and any single file (RLIMIT_FSIZE)
     max_open_files: int = 256
     tmpfs_mb: int = 128  # size of the private /tmp (working directory + captured output) in bwrap mode
+    shm_mb: int = 16  # size of the private /dev/shm in bwrap mode; 0: /dev/shm is read-only (no shared memory)
     startup_s: float = 30.0  # allowance for the sandbox and the interpreter to start
 
     def __post_init__(self) -> None:
@@ -86,6 +88,8 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+        if not isinstance(self.shm_mb, int) or self.shm_mb < 0:
+            raise ValueError(f"Limits.shm_mb must be a non-negative integer, got {self.shm_mb!r}")
         if self.cpu_s is not None and self.cpu_s <= 0:
             raise ValueError(f"Limits.cpu_s must be positive or None, got {self.cpu_s!r}")
         if self.startup_s <= 0:
@@ -388,6 +392,79 @@ def _id_in_use(uid: int) -> bool:
         return False
 
 
+# ----- leftovers of killed graders --------------------------------------------------------------------------------
+# A run's host folder is named rsa-sandbox-<pid>.<start time>-<random>, after the grading process that made it, and
+# that process holds an flock on it until it removes it. A folder whose owner is dead (the pid is gone, or now
+# belongs to a process that started at another time) and whose lock is free was left by a grader killed with -9.
+_HOST_DIR_PREFIX = "rsa-sandbox-"
+_HOST_DIR_NAME = re.compile(r"rsa-sandbox-(\d+)\.(\d+)-[A-Za-z0-9_]+")
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _owner_tag() -> str:
+    """`<pid>.<start time>` of this process, the owner part of its sandbox folders' names."""
+    return f"{os.getpid()}.{_process_start_time(os.getpid()) or 0}"
+
+
+def _ours(info: os.stat_result) -> bool:
+    """Whether a folder with this stat was made by a grader of our uid (as root: also a sandbox uid's)."""
+    if info.st_uid == os.geteuid():
+        return True
+    return os.geteuid() == 0 and UID_BASE <= info.st_uid < UID_BASE + UID_COUNT
+
+
+def clean_leftovers(directory: str | None = None) -> list[str]:
+    """Remove sandbox folders in `directory` (default: the temp dir) left by graders that died; return them.
+
+    Only folders named by `Sandbox` runs, owned by us (or, as root, by a sandbox uid), whose owning process is
+    gone and whose lock no live process holds are removed: a concurrent grader's folders are never touched.
+    """
+    directory = directory or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _HOST_DIR_NAME.fullmatch(name)
+        if match is None:
+            continue
+        pid, started = int(match.group(1)), match.group(2)
+        if _process_start_time(pid) == started:
+            continue  # its owner is alive
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or not _ours(info):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live process (perhaps in another PID namespace) still uses it
+        try:
+            shutil.rmtree(path, onerror=_force_remove)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d sandbox folder(s) left by killed graders in %s", len(removed), directory)
+    return removed
+
+
 class _Slot:
     """One worker's identity: the uid its programs run as (a claimed unused uid when root)."""
 
@@ -477,6 +554,7 @@ class Sandbox:
         self._mode: str | None = None
         self._mode_reason = ""
         self._drop_ok: bool | None = None
+        clean_leftovers()
 
     # ----- public API -----------------------------------------------------------------------------------------
     @property
@@ -664,7 +742,12 @@ class Sandbox:
         if not slot.dedicated:
             # Unprivileged caller: one bwrap, same uid; hide the caller's private directories in it.
             inner += view
-        inner += ["--dev", "/dev", "--proc", "/proc"]
+        # bwrap's /dev is a tmpfs of half the host RAM, writable (/dev/shm included) and outside RLIMIT_AS: make it
+        # read-only, and give /dev/shm (POSIX shared memory, multiprocessing semaphores) its own capped tmpfs
+        inner += ["--dev", "/dev", "--remount-ro", "/dev"]
+        if sized and limits.shm_mb > 0:
+            inner += ["--size", str(int(limits.shm_mb) << 20), "--tmpfs", "/dev/shm"]
+        inner += ["--proc", "/proc"]
         inner += [*tmpfs_size, "--tmpfs", "/tmp"]
         # an interpreter installed under /tmp would vanish under the tmpfs: bind its own directories back,
         # read-only (only the interpreter's: the harness runs with -I -S and needs no site-packages)
@@ -712,11 +795,15 @@ class Sandbox:
     ) -> RunResult:
         limits = limits or self.limits
         start = time.monotonic()
-        host_dir = tempfile.mkdtemp(prefix="rsa-sandbox-")
         drop = mode == "bwrap" or self._fallback_drops_uid(slot)
         uid = slot.uid if drop else os.getuid()
         detail = f"uid {uid}" + (" (dedicated)" if drop and slot.dedicated else " (caller's uid)")
+        host_dir = tempfile.mkdtemp(prefix=f"{_HOST_DIR_PREFIX}{_owner_tag()}-")
+        dir_lock: int | None = None
         try:
+            # held until the folder is removed: tells `clean_leftovers` in other processes that its owner is alive
+            dir_lock = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(dir_lock, fcntl.LOCK_EX)
             self._write_spec(program, tests, host_dir, mode, slot, limits)
             popen_kwargs: dict[str, Any] = {}
             if mode == "bwrap":
@@ -746,6 +833,8 @@ class Sandbox:
             return result
         finally:
             shutil.rmtree(host_dir, onerror=_force_remove)
+            if dir_lock is not None:
+                os.close(dir_lock)
 
     def _collect(
         self,
