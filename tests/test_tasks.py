@@ -130,9 +130,9 @@ def test_mcq_scores():
 
 
 # ----- Reasoning Gym --------------------------------------------------------------------------------
-# Tasks whose `answer` field is one of many valid solutions or absent, so the stored answer is not
-# guaranteed to score 1.0 (their scorers check validity instead).
-RG_NO_ORACLE = {"boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour", "composite"}
+# Left out of the sample: tasks whose `answer` field is one of many valid solutions or absent, so the stored
+# answer is not guaranteed to score 1.0 (their scorers check validity instead): boxnet, graph_color,
+# propositional_logic, rubiks_cube, rush_hour, composite.
 RG_SAMPLE = [
     "basic_arithmetic", "chain_sum", "leg_counting", "number_sequence", "figlet_font", "arc_1d", "arc_agi",
     "needle_haystack", "futoshiki", "kakurasu", "maze", "knight_swap", "tsumego", "tower_of_hanoi",
@@ -143,12 +143,15 @@ RG_SAMPLE = [
 
 @pytest.mark.parametrize("name", RG_SAMPLE)
 def test_reasoning_gym_gold_answers_score_one_through_json(name):
-    assert name not in RG_NO_ORACLE
-    for problem in generate_reasoning_gym([name], 2, seed=11):
+    problems = generate_reasoning_gym([name], 6, seed=11)
+    for problem in problems[:2]:
         # the entry travels as JSON text, as in verl parquet files
         stored = Problem(problem.id, "rg", problem.question, problem.answer, {**problem.meta})
         stored.meta["entry"] = json.dumps(problem.meta["entry"])
         assert RG.score(f"Thinking...\n<answer>{problem.answer}</answer>", stored) == 1.0, name
+        # and the scorer discriminates: a well-formed answer to another problem of the same task scores below 1
+        wrong = next(other.answer for other in problems if other.answer != problem.answer)
+        assert RG.score(f"<answer>{wrong}</answer>", stored) < 1.0, (name, wrong)
 
 
 def test_reasoning_gym_wrong_missing_partial_and_malformed():
