@@ -24,9 +24,9 @@ import time
 
 import pytest
 
-from rsa.sandbox import Limits, Sandbox, SandboxError, TestSuite, result_matches, stdout_matches
+from rsa.sandbox import Limits, Sandbox, SandboxError, TestSuite, clean_leftovers, result_matches, stdout_matches
 from rsa.sandbox.harness import MEMORY_EXIT, NO_RESULT_EXIT, verdict
-from rsa.sandbox.runner import UID_BASE, UID_COUNT, clean_leftovers
+from rsa.sandbox.runner import UID_BASE, UID_COUNT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AS_ROOT = os.geteuid() == 0
@@ -622,15 +622,24 @@ def test_folders_of_killed_graders_are_removed_at_the_next_start(which, request)
         killed.kill()  # SIGKILL mid-run: no cleanup code of the grader runs
         killed.wait()
         assert os.path.isdir(killed_folder)  # the leftover: the program and its inputs
+        # a folder of the same shape that another user's dead grader left: not ours, so never touched
+        strangers = os.path.join(tempfile.gettempdir(), f"rsa-sandbox-{killed.pid}.0-{secrets.token_hex(4)}")
+        os.mkdir(strangers)
+        if AS_ROOT:
+            os.chown(strangers, 4242, 4242)
         with Sandbox(LIMITS, mode=mode, max_workers=1):  # starting a new sandbox cleans up
             pass
         assert not os.path.exists(killed_folder), "a dead grader's folder survived the next start"
+        if AS_ROOT:
+            assert os.path.isdir(strangers), "another user's folder was removed"
         assert os.path.isfile(os.path.join(live_folder, "solution.py")), "a live grader's folder was removed"
         assert live.poll() is None
     finally:
         for grader in (killed, live):
             grader.send_signal(signal.SIGKILL)
             grader.wait()
+        with contextlib.suppress(NameError, OSError):
+            os.rmdir(strangers)
     assert live_folder in clean_leftovers()  # now dead too: removed by the next clean-up
     assert not os.path.exists(live_folder)
     assert os.path.isdir(os.path.join(tempfile.gettempdir(), "rsa-sandbox-uids")) or not AS_ROOT

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any
 
@@ -456,7 +456,7 @@ def clean_leftovers(directory: str | None = None) -> list[str]:
             os.close(fd)
             continue  # a live process (perhaps in another PID namespace) still uses it
         try:
-            shutil.rmtree(path, onerror=_force_remove)
+            shutil.rmtree(path, onerror=partial(_leftover_error, path))
             removed.append(path)
         finally:
             os.close(fd)
@@ -1021,6 +1021,19 @@ def _force_remove(func, path, exc_info) -> None:  # noqa: ANN001 -- shutil.rmtre
         func(path)
     except OSError:
         logger.warning("could not remove sandbox file %s", path)
+
+
+def _leftover_error(top: str, func, path, exc_info) -> None:  # noqa: ANN001 -- shutil.rmtree's onerror signature
+    """rmtree error handler for a dead grader's folder, whose program may still run and may race the removal.
+
+    As root, permissions never block the removal, so nothing is chmod-ed (a chmod follows symlinks a program
+    could plant); as a normal user the program has our own uid anyway, so the usual forced removal applies,
+    below the folder `top` only (never a chmod of the temp dir itself).
+    """
+    if os.geteuid() == 0 or path == top:
+        logger.warning("could not remove leftover sandbox file %s", path)
+        return
+    _force_remove(func, path, exc_info)
 
 
 # ----- shared default -------------------------------------------------------------------------------------------
