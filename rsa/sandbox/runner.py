@@ -1052,16 +1052,3 @@ def default_sandbox() -> Sandbox:
                 max_workers=int(workers) if workers else None,
             )
         return _DEFAULT
-
-
-__all__ = [
-    "Limits",
-    "RunResult",
-    "Sandbox",
-    "SandboxError",
-    "TestOutcome",
-    "TestSuite",
-    "default_sandbox",
-    "result_matches",
-    "stdout_matches",
-]
