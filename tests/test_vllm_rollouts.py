@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_training import training_rows, write_parquet
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
