@@ -278,3 +278,12 @@ def test_math_direct_number_parse_is_math_verifys():
             expected = parses[text]
             assert len(expected) == 2 and type(value[0]) is type(expected[0]), (text, value, expected)
             assert value == tuple(expected), (text, value, expected)
+
+
+def test_reasoning_gym_scorer_parse_errors_on_model_answers_score_zero():
+    """prime_factorization's own scorer calls int() on the answer; garbage must score 0, not crash a reward."""
+
+    problem = generate_reasoning_gym(["prime_factorization"], 1, seed=0)[0]
+    task = get_task("rg")
+    assert task.score(f"<answer>{problem.answer}</answer>", problem) == 1.0
+    assert task.score("<answer>zzz wrong 0</answer>", problem) == 0.0
