@@ -338,7 +338,11 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
             raise ValueError("--train-context-len with --import needs --tokenizer to count prompt tokens")
         _check_choice("shortfall", self.shortfall, SHORTFALL_MODES)
         _check_choice("overflow", self.overflow, OVERFLOW_MODES)
-        _check_number("num_candidates", self.num_candidates, low=1)
+        if self.num_candidates < 1:
+            raise ValueError(
+                f"num_candidates (M) must be >= 1 (--num-candidates / -M), got {self.num_candidates}: the candidate "
+                "set would be empty and there would be nothing to aggregate"
+            )
         _check_number("shard_size", self.shard_size, low=1)
         _check_number("sets_per_problem", self.sets_per_problem, low=1)
         _check_number("aggregate_fraction", self.aggregate_fraction, low=0)
