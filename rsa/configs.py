@@ -158,9 +158,7 @@ class SamplingOptions:
             "--max-model-len, else the model's config.json)"
         },
     )
-    seed: int = field(
-        default=1234, metadata={"help": "run seed; request seeds and aggregation sets derive from it"}
-    )
+    seed: int = field(default=1234, metadata={"help": "run seed; request seeds and aggregation sets derive from it"})
 
     def check_sampling(self) -> None:
         """Raise ValueError for a sampling value out of range (NaN included)."""
@@ -214,14 +212,14 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
     method: str = field(default="rsa", metadata={"help": "rsa, or a budget-matched baseline", "choices": METHODS})
     population: int = field(default=16, metadata={"help": "population size N", "aliases": ["-N"]})
     k: int = field(default=4, metadata={"help": "aggregation-set size K (1 = self-refinement)", "aliases": ["-K"]})
-    steps: int = field(
-        default=10, metadata={"help": "steps T, step 1 being the initial sampling", "aliases": ["-T"]}
-    )
+    steps: int = field(default=10, metadata={"help": "steps T, step 1 being the initial sampling", "aliases": ["-T"]})
     final: str = field(
-        default="random", metadata={"help": "final answer: a random member or the majority vote", "choices": FINAL_RULES}
+        default="random",
+        metadata={"help": "final answer: a random member or the majority vote", "choices": FINAL_RULES},
     )
     thinking: str = field(
-        default="strip", metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES}
+        default="strip",
+        metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
     )
     out: str | None = field(default=None, metadata={"help": "run directory"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last completed step"})

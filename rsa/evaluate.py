@@ -80,9 +80,7 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
     if run_dir.exists():
         read_manifest(Path(config.out) / MANIFEST)  # a clear error for a damaged manifest, before anything else
         if not config.resume:
-            raise ValueError(
-                f"{config.out} already holds a run; pass --resume to continue it or choose another --out"
-            )
+            raise ValueError(f"{config.out} already holds a run; pass --resume to continue it or choose another --out")
     elif config.resume:
         raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
     plan = EvalPlan(config, problems, options, run_dir, None, len(run_dir.completed_steps()) if config.resume else 0)

@@ -82,7 +82,9 @@ def test_bad_value_rejected_before_the_engine(command, extra, message, tmp_path,
     [("{not json", "not a readable JSON manifest"), ("[1, 2]", "expected a JSON object, found a list")],
     ids=["garbage", "json-list"],
 )
-def test_damaged_manifest_on_resume_names_the_file(command, content, message, tmp_path, capsys, no_engine, tiny_model_dir):
+def test_damaged_manifest_on_resume_names_the_file(
+    command, content, message, tmp_path, capsys, no_engine, tiny_model_dir
+):
     out = tmp_path / "out"
     out.mkdir()
     (out / "manifest.json").write_text(content)
@@ -163,7 +165,8 @@ def test_eval_config_file_with_overrides_end_to_end(tmp_path, capsys, tiny_model
     manifest = json.loads((out / "manifest.json").read_text())
     config = manifest["config"]
     # from the file: engine, dtype, dataset, k, seed; from the command line: the rest
-    assert (config["engine"], config["dtype"], config["dataset"], config["k"]) == ("hf", "float32", "rg:basic_arithmetic", 2)
+    from_file = (config["engine"], config["dtype"], config["dataset"], config["k"])
+    assert from_file == ("hf", "float32", "rg:basic_arithmetic", 2)
     assert (config["population"], config["steps"], config["max_new_tokens"], config["limit"]) == (2, 2, 8, 2)
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert "pass@1" in stdout
