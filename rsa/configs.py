@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from rsa.loop import FINAL_RULES, METHODS, THINKING_MODES
+from rsa.augment import CandidateConfig, MixConfig
+from rsa.loop import FINAL_RULES, METHODS, THINKING_MODES, LoopConfig
 
 ENGINES = ("hf", "vllm", "openai")
 #: `max_new_tokens` when the model's context is unknown or large: the auto value is min(this, context // 2)
@@ -39,6 +40,12 @@ ENGINE_OPTION_FIELDS: dict[str, dict[str, str]] = {
     "api_key": {"openai": "api_key"},
     "max_retries": {"openai": "max_retries"},
 }
+
+
+def _default(cls: type, name: str) -> Any:
+    """The default of field `name` of the library dataclass `cls`, so that each default is written once."""
+    value = next(f.default for f in fields(cls) if f.name == name)
+    return str(value) if name == "k" and cls is MixConfig else value  # KRange(4, 4) -> "4"
 
 
 def flag(name: str) -> str:
@@ -149,8 +156,10 @@ class EngineOptions:
 class SamplingOptions:
     """Sampling of every generation request."""
 
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature, >= 0 (0 = greedy)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass, in (0, 1]"})
+    temperature: float = field(
+        default=_default(LoopConfig, "temperature"), metadata={"help": "sampling temperature, >= 0 (0 = greedy)"}
+    )
+    top_p: float = field(default=_default(LoopConfig, "top_p"), metadata={"help": "nucleus sampling mass, in (0, 1]"})
     max_new_tokens: int | None = field(
         default=None,
         metadata={
@@ -158,7 +167,10 @@ class SamplingOptions:
             "--max-model-len, else the model's config.json)"
         },
     )
-    seed: int = field(default=1234, metadata={"help": "run seed; request seeds and aggregation sets derive from it"})
+    seed: int = field(
+        default=_default(LoopConfig, "seed"),
+        metadata={"help": "run seed; request seeds and aggregation sets derive from it"},
+    )
 
     def check_sampling(self) -> None:
         """Raise ValueError for a sampling value out of range (NaN included)."""
@@ -209,16 +221,27 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
     model: str | None = field(
         default=None, metadata={"help": "model directory, hub name, or the served model name (openai engine)"}
     )
-    method: str = field(default="rsa", metadata={"help": "rsa, or a budget-matched baseline", "choices": METHODS})
-    population: int = field(default=16, metadata={"help": "population size N", "aliases": ["-N"]})
-    k: int = field(default=4, metadata={"help": "aggregation-set size K (1 = self-refinement)", "aliases": ["-K"]})
-    steps: int = field(default=10, metadata={"help": "steps T, step 1 being the initial sampling", "aliases": ["-T"]})
+    method: str = field(
+        default=_default(LoopConfig, "method"),
+        metadata={"help": "rsa, or a budget-matched baseline", "choices": METHODS},
+    )
+    population: int = field(
+        default=_default(LoopConfig, "population"), metadata={"help": "population size N", "aliases": ["-N"]}
+    )
+    k: int = field(
+        default=_default(LoopConfig, "k"),
+        metadata={"help": "aggregation-set size K (1 = self-refinement)", "aliases": ["-K"]},
+    )
+    steps: int = field(
+        default=_default(LoopConfig, "steps"),
+        metadata={"help": "steps T, step 1 being the initial sampling", "aliases": ["-T"]},
+    )
     final: str = field(
-        default="random",
+        default=_default(LoopConfig, "final"),
         metadata={"help": "final answer: a random member or the majority vote", "choices": FINAL_RULES},
     )
     thinking: str = field(
-        default="strip",
+        default=_default(LoopConfig, "thinking"),
         metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
     )
     out: str | None = field(default=None, metadata={"help": "run directory"})
@@ -272,7 +295,10 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
     tokenizer: str | None = field(
         default=None, metadata={"help": "training model's tokenizer for length budgeting (default: --model)"}
     )
-    num_candidates: int = field(default=4, metadata={"help": "candidates sampled per problem (M)", "aliases": ["-M"]})
+    num_candidates: int = field(
+        default=_default(CandidateConfig, "num_candidates"),
+        metadata={"help": "candidates sampled per problem (M)", "aliases": ["-M"]},
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata={
@@ -280,18 +306,27 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
             "aliases": ["--candidate-max-tokens", "--candidate_max_tokens"],
         },
     )
-    shard_size: int = field(default=256, metadata={"help": "problems per shard = per engine call"})
-    aggregate_fraction: float = field(default=0.5, metadata={"help": "fraction of aggregation prompts, in [0, 1]"})
-    k: str = field(
-        default="4", metadata={"help": "candidates per aggregation prompt: 4, or a range like 2-4", "aliases": ["-K"]}
+    shard_size: int = field(
+        default=_default(CandidateConfig, "shard_size"), metadata={"help": "problems per shard = per engine call"}
     )
-    sets_per_problem: int = field(default=1, metadata={"help": "aggregation prompts per problem (distinct sets)"})
+    aggregate_fraction: float = field(
+        default=_default(MixConfig, "aggregate_fraction"),
+        metadata={"help": "fraction of aggregation prompts, in [0, 1]"},
+    )
+    k: str = field(
+        default=_default(MixConfig, "k"),
+        metadata={"help": "candidates per aggregation prompt: 4, or a range like 2-4", "aliases": ["-K"]},
+    )
+    sets_per_problem: int = field(
+        default=_default(MixConfig, "sets_per_problem"),
+        metadata={"help": "aggregation prompts per problem (distinct sets)"},
+    )
     balance: str | None = field(
         default=None,
         metadata={"help": "target fractions of candidate-set classes, e.g. easy=0.5,hard=0.5,all_wrong=0 (AggLM)"},
     )
     shortfall: str = field(
-        default="shrink",
+        default=_default(MixConfig, "shortfall"),
         metadata={"help": "a class short of its target: shrink the set count to keep the fractions, or fill"},
     )
     train_context_len: int | None = field(
@@ -308,7 +343,9 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
             "--train-context-len))"
         },
     )
-    overflow: str = field(default="cap", metadata={"help": "over-long candidates: cap with a marker, or drop"})
+    overflow: str = field(
+        default=_default(MixConfig, "overflow"), metadata={"help": "over-long candidates: cap with a marker, or drop"}
+    )
     out: str | None = field(default=None, metadata={"help": "output directory"})
     resume: bool = field(default=False, metadata={"help": "continue the build in --out (finished shards are kept)"})
     import_file: str | None = field(
@@ -318,7 +355,7 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
     progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: none)"})
 
     def __post_init__(self) -> None:
-        from rsa.augment import OVERFLOW_MODES, SHORTFALL_MODES, Balance, KRange
+        from rsa.augment import Balance, KRange
 
         if not self.out:
             raise ValueError("--out is required")
@@ -334,8 +371,6 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
                 )
         elif self.train_context_len and not self.tokenizer:
             raise ValueError("--train-context-len with --import needs --tokenizer to count prompt tokens")
-        _check_choice("shortfall", self.shortfall, SHORTFALL_MODES)
-        _check_choice("overflow", self.overflow, OVERFLOW_MODES)
         if self.num_candidates < 1:
             raise ValueError(
                 f"num_candidates (M) must be >= 1 (--num-candidates / -M), got {self.num_candidates}: the candidate "
@@ -357,6 +392,17 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
                 Balance.parse(self.balance)
             except ValueError as exc:
                 raise ValueError(f"--balance {self.balance}: {exc}") from None
+        # the mixture's own checks (shortfall, overflow modes), with placeholder lengths resolved later
+        MixConfig(
+            max_model_len=2,
+            max_completion_length=1,
+            aggregate_fraction=self.aggregate_fraction,
+            k=self.k,
+            sets_per_problem=self.sets_per_problem,
+            balance=self.balance,
+            shortfall=self.shortfall,
+            overflow=self.overflow,
+        )
         self.check_engine_options()
         self.check_sampling()
         self.check_data()

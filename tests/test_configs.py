@@ -124,6 +124,16 @@ def test_dashed_underscored_and_short_flags_agree(tmp_path):
     assert dashed == under and dashed.max_new_tokens == 9 and dashed.population == 3
     old = parse_config(AugmentConfig, [*common, "--candidate-max-tokens", "7", "--import", "x.parquet"], "rsa augment")
     assert old.max_new_tokens == 7 and old.import_file == "x.parquet"
+    # repeatable list options, mapped to the engine's own keywords
+    served = parse_config(
+        EvalConfig,
+        [*common, "--engine", "openai", "--base-url", "http://a/v1", "--base-url", "http://b/v1", "--batch-size", "8",
+         "--engine-arg", "timeout=30", "--engine_arg", "tokenizer=tok"],
+        "rsa eval",
+    )  # fmt: skip
+    assert served.engine_kwargs() == {
+        "base_urls": ["http://a/v1", "http://b/v1"], "max_concurrency": 8, "timeout": 30, "tokenizer": "tok",
+    }  # fmt: skip
 
 
 def test_help_names_only_existing_config_files(capsys):
