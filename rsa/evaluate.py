@@ -31,7 +31,7 @@ class EvalPlan:
     engine_options: dict[str, Any]
     run_dir: Any  # rsa.runs.RunDirectory
     manifest: dict | None  # None until max_new_tokens is known (it needs the engine's context)
-    steps_done: int
+    steps_done: int  # committed steps of the run being resumed
 
     @property
     def complete(self) -> bool:
@@ -83,7 +83,7 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
             raise ValueError(f"{config.out} already holds a run; pass --resume to continue it or choose another --out")
     elif config.resume:
         raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
-    plan = EvalPlan(config, problems, options, run_dir, None, len(run_dir.completed_steps()) if config.resume else 0)
+    plan = EvalPlan(config, problems, options, run_dir, manifest=None, steps_done=0)
     if config.max_new_tokens is not None:
         _set_manifest(plan)
     return plan
@@ -100,6 +100,7 @@ def _set_manifest(plan: EvalPlan) -> None:
     )
     if config.resume:
         plan.run_dir.check_resumable(plan.manifest)
+        plan.steps_done = len(plan.run_dir.completed_steps())  # only once the run is known to match
 
 
 def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
