@@ -25,11 +25,29 @@ COMMANDS = [
 CONFIG_COMMANDS = {"eval", "augment"}
 
 
+class RsaParser(argparse.ArgumentParser):
+    """The top-level parser: hands the arguments of a config command (`CONFIG_COMMANDS`) to that command."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        i = 0
+        while i < len(argv) and argv[i] in ("-v", "--verbose"):
+            i += 1
+        if i < len(argv) and argv[i] in CONFIG_COMMANDS:
+            command, rest = argv[i], argv[i + 1 :]
+            namespace = namespace or argparse.Namespace()
+            namespace.verbose, namespace.command = i > 0, command
+            namespace.func = lambda _args: importlib.import_module(f"rsa.commands.{command}").main(rest)
+            return namespace, []
+        return super().parse_known_args(argv, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="rsa", description="Recursive self-aggregation: evaluate, augment, train.")
+    parser = RsaParser(prog="rsa", description="Recursive self-aggregation: evaluate, augment, train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # subcommand parsers are plain: only the top level dispatches config commands
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
     for name in COMMANDS:
         importlib.import_module(f"rsa.commands.{name}").add_parser(sub)
     return parser
@@ -37,26 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `rsa` console script; returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = False
-    while argv and argv[0] in ("-v", "--verbose"):
-        verbose = True
-        argv.pop(0)
-    if argv and argv[0] in CONFIG_COMMANDS:
-        command, rest = argv[0], argv[1:]
-        _configure_logging(verbose)
-        try:
-            return int(importlib.import_module(f"rsa.commands.{command}").main(rest) or 0)
-        except SystemExit as exc:  # --help, or a value argparse could not convert (it printed why)
-            return exc.code if isinstance(exc.code, int) else 2
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"rsa {command}: error: {exc}", file=sys.stderr)
-            return 2
-    parser = build_parser()
-    args = parser.parse_args(["--verbose", *argv] if verbose else argv)
+    args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
+    except SystemExit as exc:  # a config command's --help, or a value argparse could not convert (it said why)
+        return exc.code if isinstance(exc.code, int) else 2
     except (ValueError, FileNotFoundError) as exc:
         # Input errors are reported as one clear line, not a traceback.
         print(f"rsa {args.command}: error: {exc}", file=sys.stderr)

@@ -262,10 +262,8 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
         self.loop_config(self.max_new_tokens or 1)  # population, K, steps, method
         check_out_dir(Path(self.out), "--out")
 
-    def loop_config(self, max_new_tokens: int | None = None):
+    def loop_config(self, max_new_tokens: int | None = None) -> LoopConfig:
         """The `rsa.loop.LoopConfig` of this evaluation (`max_new_tokens` overrides an unresolved auto value)."""
-        from rsa.loop import LoopConfig
-
         return LoopConfig(
             method=self.method,
             population=self.population,
