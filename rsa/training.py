@@ -203,6 +203,32 @@ def check_recipe_file(argv: Sequence[str]) -> None:
         raise ConfigError(f"recipe {path} must be a YAML mapping of option names to values")
 
 
+def check_model_path(argv: Sequence[str]) -> None:
+    """Raise ConfigError when the model (`--model_name_or_path`, else the recipe's) is a local path that is missing.
+
+    A missing local folder would otherwise reach the Hub client as a repo id and fail with an unrelated
+    "Repo id must use alphanumeric chars" error; the tiny smoke model gets the command that builds it.
+    """
+    import yaml
+
+    argv = list(argv)
+    model = None
+    for i, item in enumerate(argv[:-1]):
+        if item in ("--model_name_or_path", "--model-name-or-path"):
+            model = argv[i + 1]
+    if model is None and "--config" in argv[:-1]:
+        recipe = Path(argv[argv.index("--config") + 1])
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe.is_file() else None
+        model = data.get("model_name_or_path") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model.startswith((".", "/", "~")):
+        return  # a hub name (or nothing): the Hub client reports it
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    hint = f"build it with `rsa tiny-model --out {model}`" if "tiny" in path.name else "fix model_name_or_path"
+    raise ConfigError(f"model_name_or_path {model}: no such directory; {hint}")
+
+
 # ----- rewards -----------------------------------------------------------------------------------------------
 def reward_length_shaping(prompts=None, completions=None, **kwargs) -> list[float]:
     """Completion length in characters / 1000, capped at 1. A smoke-test shaping term, never for real runs.
