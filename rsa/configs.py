@@ -247,8 +247,19 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
     out: str | None = field(default=None, metadata={"help": "run directory"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last completed step"})
     progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: none)"})
+    report_to: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "trackers for the per-step metrics, as in the training recipes: tensorboard (event files in "
+            "OUT/tensorboard), wandb (needs rsa-rl[wandb]) or none (default)",
+            "action": "extend",
+        },
+    )
 
     def __post_init__(self) -> None:
+        from rsa.tracking import check_report_to
+
+        self.report_to = check_report_to(self.report_to)
         for name in ("model", "dataset", "out"):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")

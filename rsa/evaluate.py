@@ -105,7 +105,24 @@ def _set_manifest(plan: EvalPlan) -> None:
 
 def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
     """Build the engine (unless `engine` is given; then it is not closed), run the evaluation, return the
-    per-step summaries. The run directory is created only once the engine is up and every prompt fits."""
+    per-step summaries. The run directory is created only once the engine is up and every prompt fits.
+
+    With `config.report_to`, the per-step summaries also go to those trackers (`rsa.tracking`).
+    """
+    summaries = _evaluate(plan, engine)
+    if plan.config.report_to:
+        from rsa.tracking import MetricsTracker
+
+        config = plan.config
+        tracker = MetricsTracker(config.report_to, plan.run_dir.path, Path(config.out).name, asdict(config))
+        try:
+            tracker.log_steps(summaries)
+        finally:
+            tracker.close()
+    return summaries
+
+
+def _evaluate(plan: EvalPlan, engine: Any = None) -> list[dict]:
     from rsa.loop import RSALoop
     from rsa.runs import run_evaluation
 

@@ -59,6 +59,7 @@ OPERATIONAL_KEYS = frozenset(
         "tensor_parallel_size",
         "gpu_memory_utilization",
         "progress",
+        "report_to",
         "api_key",
         "max_retries",
     }

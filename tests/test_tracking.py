@@ -40,3 +40,23 @@ def test_report_to_names_are_checked():
     with pytest.raises(ValueError, match="unknown tracker"):
         check_report_to(["mlflow"])
     assert scalars({"step": 3, "a": 1, "b": True, "c": "s"}) == {"a": 1.0}
+
+
+def test_rsa_eval_reports_per_step_metrics_to_tensorboard(tiny_model_dir, tmp_path):
+    """`rsa eval --report-to tensorboard` writes each step's metrics.jsonl values as TensorBoard scalars."""
+    import json
+
+    from rsa.cli import main
+
+    out = tmp_path / "run"
+    argv = ["eval", "--model", tiny_model_dir, "--engine", "hf", "--dataset", "rg:basic_arithmetic", "--limit", "2",
+            "--population", "2", "--k", "2", "--steps", "2", "--max-new-tokens", "8", "--out", str(out),
+            "--no-progress", "--report-to", "tensorboard"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = _read_scalars(out / "tensorboard")
+    assert logged["rsa/pass_at_1"] == [(m["step"], round(m["pass_at_1"], 6)) for m in metrics]
+    assert [s for s, _ in logged["rsa/mean_length"]] == [1, 2]
+    assert main(["eval", "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--out", str(tmp_path / "x"),
+                 "--report-to", "mlflow"]) == 2  # fmt: skip
+    assert not (tmp_path / "x").exists()
