@@ -11,8 +11,9 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, str]
-Conversation = list[Message]
+from rsa.types import Conversation, Message
+
+__all__ = ["PROMPT_VERSION", "Conversation", "Message", "Problem", "Task"]
 
 # Version of the prompt wording; recorded in run manifests and dataset provenance so that a change
 # of wording is visible when results are compared.
