@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from collections import Counter
@@ -16,7 +15,9 @@ from rsa.augment.candidates import Candidate
 from rsa.augment.config import CLASSES, POOL_FACTOR, MixConfig, check_gold_answers, check_k_fits
 from rsa.augment.sets import CandidateSet, cluster_labels, draw_sets, majority_is_correct, select_sets, set_class
 from rsa.fitting import ContextBudgetError
+from rsa.rows import problem_to_row
 from rsa.tasks import Problem, Task, get_task
+from rsa.types import Conversation
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +75,9 @@ class BuildReport:
         return asdict(self)
 
 
-def _base_row(problem: Problem, reference_model: str, seed: int | None) -> dict:
-    entry, tests = problem.meta.get("entry"), problem.meta.get("tests")
-    return {
-        "task": problem.task,
-        "answer": str(problem.answer),
-        "dataset_name": problem.meta.get("dataset_name"),
-        "entry": entry if entry is None or isinstance(entry, str) else json.dumps(entry, ensure_ascii=False),
-        "tests": tests if tests is None or isinstance(tests, str) else json.dumps(tests, ensure_ascii=False),
-        "problem_id": problem.id,
-        "reference_model": reference_model,
-        "seed": seed,
-    }
+def base_row(problem: Problem, prompt: Conversation, kind: str, reference_model: str, seed: int | None) -> dict:
+    """The columns every built row has: the problem's (`rsa.rows.problem_to_row`) plus its provenance."""
+    return {**problem_to_row(problem, prompt, kind), "reference_model": reference_model, "seed": seed}
 
 
 def build_examples(
@@ -147,9 +139,7 @@ def build_examples(
             raise ContextBudgetError(budget.over_budget_message(problems[pi], "its plain prompt", tokens))
         rows.append(
             {
-                "prompt": prompt,
-                **_base_row(problems[pi], reference_model, sampling_seed),
-                "kind": "plain",
+                **base_row(problems[pi], prompt, "plain", reference_model, sampling_seed),
                 "k": 0,
                 "candidate_ids": [],
                 "candidate_scores": [],
@@ -253,9 +243,7 @@ def _aggregate_rows(
         scores = [found[m].score for m in candidate_set.members]
         rows.append(
             {
-                "prompt": conversation,
-                **_base_row(problem, reference_model, sampling_seed),
-                "kind": "aggregate",
+                **base_row(problem, conversation, "aggregate", reference_model, sampling_seed),
                 "k": len(candidate_set.members),
                 "candidate_ids": [found[m].index for m in candidate_set.members],
                 "candidate_scores": scores,

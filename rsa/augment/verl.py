@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from rsa.augment.budget import LengthBudget, format_histogram
-from rsa.augment.build import _base_row
+from rsa.augment.build import base_row
 from rsa.augment.config import CLASSES, DATASET_FILE, MANIFEST, REPORT_FILE
-from rsa.augment.output import _AtomicParquet
+from rsa.augment.output import AtomicParquet
 from rsa.runs import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,10 @@ def convert_verl_row(row: Mapping[str, Any], where: str, default_id: str) -> dic
     majority = extra.get("majority_correct")
     mean = extra.get("mean_candidate_accuracy")
     return {
-        "prompt": prompt,
-        **_base_row(problem, str(extra.get("reference_model") or row.get("data_source") or "unknown"), None),
+        **base_row(
+            problem, prompt, kind, str(extra.get("reference_model") or row.get("data_source") or "unknown"), None
+        ),
         "seed": int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) else None,
-        "kind": kind,
         "k": k,
         "candidate_ids": listed("candidate_ids", int),
         "candidate_scores": scores,
@@ -169,7 +169,7 @@ def import_verl(
     kinds: Counter = Counter()
     tasks: Counter = Counter()
     lengths: list[int] = []
-    writer = _AtomicParquet(out / DATASET_FILE)
+    writer = AtomicParquet(out / DATASET_FILE)
     number = 0
     try:
         for batch in source.iter_batches(batch_size=batch_rows):
