@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rsa.rows import META_COLUMNS, row_to_problem
-from rsa.tasks import Problem, get_task
+from rsa.tasks import CORRECT_SCORE, Problem, get_task
 
 RewardFn = Callable[..., list[float | None]]
 
@@ -78,7 +78,7 @@ def make_reward(tasks: Sequence[str] | None = None, name: str | None = None, par
                 out.append(None)
                 continue
             score = get_task(problem.task).score(completion_text(completion), problem)
-            out.append(score if partial or score >= 1.0 else 0.0)
+            out.append(score if partial or score >= CORRECT_SCORE else 0.0)
         return out
 
     reward.__name__ = name or ("reward_" + "_".join(sorted(wanted)) if wanted else "reward_task")

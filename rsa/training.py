@@ -33,6 +33,7 @@ from trl import GRPOConfig, ScriptArguments
 
 from rsa.rewards import RewardFn, completion_text, get_reward
 from rsa.rows import CORE_COLUMNS, META_COLUMNS, REQUIRED_COLUMNS, features, problem_to_row, row_to_problem
+from rsa.runs import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -553,19 +554,6 @@ def provenance(script_args, training_args, model_args, dataset=None) -> dict:
             kinds[str(kind)] = kinds.get(str(kind), 0) + 1
         record["data"] = {"rows": len(dataset), "kinds": kinds}
     return record
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a training run depends on (None when absent)."""
-    from importlib import metadata
-
-    out = {}
-    for name in ("rsa-rl", "torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "vllm"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 class ProvenanceCallback(TrainerCallback):

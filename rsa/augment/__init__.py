@@ -42,13 +42,11 @@ from rsa.augment.build import (
 from rsa.augment.candidates import (
     Candidate,
     CandidateStore,
-    manifest_differences,
     score_candidate,
 )
 from rsa.augment.config import (
     CANDIDATES_DIR,
     CLASSES,
-    CORRECT_SCORE,
     DATASET_FILE,
     MANIFEST,
     MANIFEST_FORMAT,
@@ -86,6 +84,7 @@ from rsa.augment.verl import (
     detect_aggregation,
     import_verl,
 )
+from rsa.tasks import CORRECT_SCORE  # re-exported: a candidate is right when its score reaches it
 
 __all__ = [
     "Balance",
@@ -123,7 +122,6 @@ __all__ = [
     "format_histogram",
     "import_verl",
     "majority_is_correct",
-    "manifest_differences",
     "score_candidate",
     "select_sets",
     "set_class",

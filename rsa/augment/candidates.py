@@ -10,11 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rsa.augment.config import CANDIDATES_DIR, CORRECT_SCORE, MANIFEST, MANIFEST_FORMAT, CandidateConfig, MixConfig
+from rsa.augment.config import CANDIDATES_DIR, MANIFEST, MANIFEST_FORMAT, CandidateConfig, MixConfig
 from rsa.engines.base import Engine
 from rsa.loop import request_seed
-from rsa.runs import package_versions, problems_digest, read_jsonl, write_json_atomic, write_jsonl_atomic
-from rsa.tasks import Problem, get_task
+from rsa.runs import (
+    manifest_differences,
+    package_versions,
+    problems_digest,
+    read_jsonl,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from rsa.tasks import CORRECT_SCORE, Problem, get_task
 from rsa.tasks.base import PROMPT_VERSION
 
 if TYPE_CHECKING:  # the build module imports this one
@@ -114,7 +121,14 @@ class CandidateStore:
             return
         if not resume:
             raise ValueError(f"{self.out} already holds a build; pass --resume to continue it or choose another --out")
-        differences = manifest_differences(old, new)
+        differences = manifest_differences(
+            old,
+            new,
+            config="candidates",
+            checked=(("problems", "count"), ("problems", "sha256")),
+            ignore=(),
+            owner="build",
+        )
         if differences:
             raise ValueError(
                 f"cannot resume the build in {self.out}: it was made with a different configuration: "
@@ -235,19 +249,3 @@ class CandidateStore:
         manifest = self.manifest() or {}
         manifest["last_build"] = {"mix": mix.to_dict(), "rows": report.plain + report.aggregate}
         write_json_atomic(self.manifest_path, manifest)
-
-
-def manifest_differences(old: dict, new: dict) -> list[str]:
-    """`key: build has X, now Y` for every candidate-shaping value that differs between two manifests."""
-    diffs = []
-    old_cfg, new_cfg = old.get("candidates", {}), new.get("candidates", {})
-    for key in sorted(set(old_cfg) | set(new_cfg)):
-        if old_cfg.get(key) != new_cfg.get(key):
-            diffs.append(f"{key}: build has {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
-    for section, key in (("problems", "count"), ("problems", "sha256")):
-        before, now = old.get(section, {}).get(key), new.get(section, {}).get(key)
-        if before != now:
-            diffs.append(f"{section}.{key}: build has {before!r}, now {now!r}")
-    if old.get("prompt_version") != new.get("prompt_version"):
-        diffs.append(f"prompt_version: build has {old.get('prompt_version')!r}, now {new.get('prompt_version')!r}")
-    return diffs

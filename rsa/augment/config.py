@@ -23,8 +23,6 @@ MANIFEST_FORMAT = "rsa-augment/1"
 CANDIDATES_DIR = "candidates"
 DATASET_FILE = "train.parquet"
 REPORT_FILE = "build_report.json"
-#: a candidate is "right" when its score reaches 1 (partial Reasoning Gym credit is not right)
-CORRECT_SCORE = 1.0 - 1e-9
 #: with a balance target, this many distinct sets per wanted set are drawn per problem to choose from
 POOL_FACTOR = 4
 #: engine options that change how fast candidates are generated, not which: they may differ on resume
