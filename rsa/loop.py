@@ -43,13 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from rsa.engines.base import Engine, SamplingParams
-from rsa.fitting import (  # noqa: F401  (ContextBudgetError, TRUNCATION_MARKER, ... re-exported for callers)
-    CHAT_TEMPLATE_RESERVE,
-    TRUNCATION_MARKER,
-    ContextBudgetError,
-    PromptBuilder,
-    equal_share_caps,
-)
+from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError, PromptBuilder  # noqa: F401  (the first two re-exported)
 from rsa.tasks import Conversation, Problem, get_task
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from rsa.augment import (
 )
 from rsa.cli import main as rsa_main
 from rsa.data import generate_reasoning_gym
-from rsa.loop import TRUNCATION_MARKER
+from rsa.fitting import TRUNCATION_MARKER
 from rsa.rewards import reward_task
 from rsa.tasks import Problem
 
