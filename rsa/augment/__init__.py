@@ -18,8 +18,7 @@ The paper's data augmentation (and AggLM's balanced variant), as a resumable bui
    prompts are subsampled so aggregation prompts make up the requested fraction. Candidates that overflow
    the budget are shortened around a visible marker (`rsa.fitting.PromptFitter`, shared with RSA evaluation)
    or the set is dropped (`overflow="drop"`); no prompt over budget is ever written.
-4. Write `OUT/train.parquet` (the columns of docs/FORMATS.md plus `set_class`, `truncated_candidates`,
-   `prompt_tokens`) and `OUT/build_report.json` (achieved fractions, shortfalls, length histogram).
+4. Write `OUT/train.parquet` (every column of `rsa.rows.COLUMNS`, docs/FORMATS.md) and `OUT/build_report.json` (achieved fractions, shortfalls, length histogram).
 
 `import_verl` converts an already-built public aggregation dataset in verl's parquet layout to the same columns.
 

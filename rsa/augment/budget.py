@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -10,8 +9,6 @@ from typing import Any
 
 from rsa.fitting import TRUNCATION_MARKER, PromptFitter
 from rsa.tasks import Conversation, Problem, get_task
-
-logger = logging.getLogger(__name__)
 
 
 class LengthBudget:

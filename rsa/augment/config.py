@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,9 +10,6 @@ from typing import Any
 
 from rsa.engines.base import SamplingParams
 from rsa.tasks import Problem
-
-logger = logging.getLogger(__name__)
-
 
 CLASSES = ("easy", "hard", "all_wrong")
 OVERFLOW_MODES = ("cap", "drop")

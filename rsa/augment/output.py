@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -10,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from rsa.rows import arrow_schema
-
-logger = logging.getLogger(__name__)
 
 
 def dataset_schema() -> Any:
