@@ -36,12 +36,12 @@ from rsa.augment import (
 )
 from rsa.cli import main as rsa_main
 from rsa.data import generate_reasoning_gym
-from rsa.loop import TRUNCATION_MARKER
+from rsa.fitting import TRUNCATION_MARKER
 from rsa.rewards import reward_task
 from rsa.tasks import Problem
 
 FORMAT_COLUMNS = [
-    "prompt", "task", "answer", "dataset_name", "entry", "tests", "kind", "problem_id", "k", "candidate_ids",
+    "prompt", "task", "answer", "dataset_name", "entry", "options", "tests", "kind", "problem_id", "k", "candidate_ids",
     "candidate_scores", "majority_correct", "mean_candidate_accuracy", "reference_model", "seed",
 ]  # fmt: skip
 ADDED_COLUMNS = ["set_class", "truncated_candidates", "prompt_tokens"]

@@ -199,7 +199,7 @@ def test_rows_missing_reward_fields_are_named(weightless_model, tmp_path):
     rows[1]["entry"] = None
     no_entry = write_parquet(rows, tmp_path / "b.parquet")
     args = parse(smoke_argv(weightless_model, tmp_path / "o2", "--dataset_files", no_entry, "--problems", ""))
-    with pytest.raises(ConfigError, match="training row 1: field 'entry' is missing"):
+    with pytest.raises(ConfigError, match="training row 2: field 'entry' is missing"):
         grpo_agg.main(*args)
 
 
