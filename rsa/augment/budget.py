@@ -79,7 +79,7 @@ class LengthBudget:
         return (
             f"problem {problem.id!r}: {what} has {tokens} tokens; with max_completion_length "
             f"{self.max_completion_length} that is {tokens + self.max_completion_length} > max_model_len "
-            f"{self.max_model_len}. The question is never cut: raise --max-model-len or lower "
+            f"{self.max_model_len}. The question is never cut: raise --train-context-len or lower "
             "--max-completion-length" + (" / --k" if "candidate" in what else "")
         )
 
@@ -105,10 +105,10 @@ def default_max_model_len(name: str) -> int:
 
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--max-model-len not given and the model config of {name!r} cannot be read: {exc}") from exc
+        raise ValueError(f"--train-context-len not given and the model config of {name!r} cannot be read: {exc}") from exc
     value = getattr(config, "max_position_embeddings", None)
     if not value:
-        raise ValueError(f"--max-model-len not given and the config of {name!r} has no max_position_embeddings")
+        raise ValueError(f"--train-context-len not given and the config of {name!r} has no max_position_embeddings")
     return int(value)
 
 

@@ -192,7 +192,7 @@ class MixConfig:
             raise ValueError(f"max_completion_length must be >= 1, got {self.max_completion_length}")
         if self.max_model_len <= self.max_completion_length:
             raise ValueError(
-                f"max_model_len {self.max_model_len} leaves no room for a prompt next to "
+                f"--train-context-len {self.max_model_len} leaves no room for a prompt next to "
                 f"max_completion_length {self.max_completion_length}"
             )
 
