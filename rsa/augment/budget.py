@@ -105,7 +105,9 @@ def default_max_model_len(name: str) -> int:
 
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"--train-context-len not given and the model config of {name!r} cannot be read: {exc}") from exc
+        raise ValueError(
+            f"--train-context-len not given and the model config of {name!r} cannot be read: {exc}"
+        ) from exc
     value = getattr(config, "max_position_embeddings", None)
     if not value:
         raise ValueError(f"--train-context-len not given and the config of {name!r} has no max_position_embeddings")
