@@ -270,11 +270,11 @@ def _training_section(info: CheckpointInfo) -> str:
         return "No training record (`rsa_training.json`) was found next to the checkpoint.\n"
     script = info.training.get("script_args") or {}
     args = info.training.get("training_args") or {}
-    data = script.get("dataset_files") or script.get("dataset_name") or script.get("problems")
-    data = [hub_name(d) for d in data] if isinstance(data, list) else hub_name(data)
+    data = [hub_name(f) for f in script.get("dataset_files") or []]
+    data += [hub_name(script[k]) for k in ("dataset_name", "problems") if script.get(k)]
     rows = [
         ("base model", hub_name(info.base_model)),
-        ("training data", ", ".join(data) if isinstance(data, list) else data),
+        ("training data", ", ".join(data) or None),
         ("training rows", _rows_label(info.training)),
         ("rewards", script.get("reward_funcs")),
         ("completions per prompt", args.get("num_generations")),
@@ -333,17 +333,15 @@ def _usage(info: CheckpointInfo, repo_id: str, revision: str | None) -> str:
             "For RSA evaluation with `rsa eval`, merge the adapter into the base model first "
             "(`model.merge_and_unload().save_pretrained(...)`).\n"
         )
-    model = f"{repo_id}@{revision}" if revision else repo_id
-    note = (
-        f"\n`@{revision}`: download that branch first (`hf download {repo_id} --revision {revision} "
-        f"--local-dir {name}-{revision}`) and pass the folder to `--model`.\n"
-        if revision
-        else ""
-    )
+    model, download = repo_id, ""
+    if revision:  # a branch: download it, evaluate the folder
+        model = f"{name}-{revision}"
+        download = f"hf download {repo_id} --revision {revision} --local-dir {model}\n"
     return (
-        "\n## Usage\n\n```bash\n"
-        f"rsa eval --model {model} --dataset aime25 --population 16 --k 4 --steps 10 --out runs/{name}-aime25\n"
-        f"```\n{note}\nThe run directories behind the tables are in `eval/` (manifest and per-step metrics).\n"
+        "\n## Usage\n\nRSA evaluation with rsa-rl:\n\n```bash\n"
+        + download
+        + f"rsa eval --model {model} --dataset aime25 --population 16 --k 4 --steps 10 --out runs/{name}-aime25\n"
+        "```\n\nThe run directories behind the tables are in `eval/` (manifest and per-step metrics).\n"
     )
 
 

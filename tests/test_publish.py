@@ -198,7 +198,7 @@ def test_publish_dry_run_writes_card_with_the_rsa_table(tiny_model_dir, tmp_path
     details = text.split("<details>")[1].split("</details>")[0]
     assert "| run | model | method |" in details and "| ckpt5-aime25 | checkpoint-5 | rsa | aime25 |" in details
     assert "| 2 | 37.5 | 50.0 | 50.0 | 90 |" in details
-    assert "| training data | train.parquet |" in text and f"| base model | {BASE} |" in text
+    assert "| training data | train.parquet, aime25 |" in text and f"| base model | {BASE} |" in text
     assert "eval/rsa_steps.png" in text and (out / "eval" / "rsa_steps.png").is_file()
     assert (out / "model.safetensors").is_file() and not (out / "optimizer.pt").exists()
     assert (out / "eval" / "ckpt5-aime25" / "metrics.jsonl").is_file()
@@ -376,11 +376,16 @@ def test_push_dataset_with_a_card_of_provenance_and_mixture(hub, augment_build, 
     assert commit["type"] == "dataset" and commit["revision"] == "main"
     assert set(commit["files"]) == {"README.md", "train.parquet", "manifest.json", "build_report.json"}
     card = DatasetCard(commit["files"]["README.md"].decode())
-    assert card.data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "train.parquet"}]}]
+    assert card.data.configs == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "train.parquet"}]}
+    ]
     assert "aggregation-aware-rl" in card.data.tags
     rows = report["plain"] + report["aggregate"]
     assert f"| rows | {rows} ({report['plain']} plain, {report['aggregate']} aggregate) |" in card.text
-    assert "| candidates per problem (M) | 2 |" in card.text and "| K (candidates per aggregation prompt) | 2 |" in card.text
+    assert (
+        "| candidates per problem (M) | 2 |" in card.text
+        and "| K (candidates per aggregation prompt) | 2 |" in card.text
+    )
     assert "| problems | rg:basic_arithmetic (6 problems) |" in card.text
     # the reference policy (the tiny model's local path) is named by its folder, in the card and in the rows
     staged = pq.read_table(tmp_path / "staged" / "train.parquet").to_pylist()
