@@ -174,22 +174,27 @@ def card_of(folder: Path):
 def test_publish_dry_run_writes_card_with_the_rsa_table(tiny_model_dir, tmp_path, monkeypatch, capsys):
     checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
     run = fake_run(tmp_path / "runs" / "ckpt5-aime25", str(checkpoint))
+    run2 = fake_run(tmp_path / "runs" / "ckpt5-hmmt25", str(checkpoint), dataset="hmmt25")
     out = tmp_path / "hub"
-    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-agg", "--out", str(out),
-                 "--dry-run", "--dataset-id", "me/agg-data"]) == 0  # fmt: skip
+    assert main(["publish", str(checkpoint), "--runs", str(run), str(run2), "--repo-id", "me/tiny-agg", "--out",
+                 str(out), "--dry-run", "--dataset-id", "me/agg-data"]) == 0  # fmt: skip
     text = (out / "README.md").read_text()
     card = card_of(out)
     assert card.data.base_model == BASE and card.data.datasets == ["me/agg-data"]
     assert card.data.library_name == "transformers" and "aggregation-aware-rl" in card.data.tags
     # model-index parsed back by huggingface_hub: RSA Pass@1 at step 1 and at step T, majority and Pass@N
     results = {(r.dataset_type, r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
-    assert results == {
+    assert {k: v for k, v in results.items() if k[0] == "math-ai/aime25"} == {
         ("math-ai/aime25", "pass@1", "N=4,K=2,step=1"): 25.0,
         ("math-ai/aime25", "pass@1", "N=4,K=2,step=2"): 37.5,
         ("math-ai/aime25", "majority@n", "N=4,K=2,step=2"): 50.0,
         ("math-ai/aime25", "pass@n", "N=4,K=2,step=2"): 50.0,
     }
-    assert {r.dataset_name for r in card.data.eval_results} == {"aime25"}
+    assert len(results) == 8 and results[("MathArena/hmmt_feb_2025", "pass@1", "N=4,K=2,step=2")] == 37.5
+    model_index = card.data.to_dict()["model-index"]
+    assert [(x["dataset"]["name"], x["dataset"]["split"]) for x in model_index[0]["results"]] == [
+        ("aime25", "test"), ("hmmt25", "train")
+    ]  # fmt: skip
     # the compact main table: 7 columns; the 17-column report table sits in a collapsible section
     main_table = text.split("## RSA evaluation")[1].split("<details>")[0]
     header = next(line for line in main_table.splitlines() if line.startswith("| run |"))
@@ -408,3 +413,29 @@ def test_scrub_paths_keeps_everything_but_local_paths():
                                   "d": "data/agg", "e": 3, "f": "base", "g": "cd run && go"}  # fmt: skip
     assert is_hub_id("Qwen/Qwen3-4B-Instruct-2507") and not is_hub_id("/models/Qwen3") and not is_hub_id("a/b/c")
     assert hub_name("/models/Qwen3-4B") == "Qwen3-4B" and hub_name("Qwen/Qwen3-4B") == "Qwen/Qwen3-4B"
+
+
+def test_dataset_card_of_an_imported_verl_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCard
+
+    from rsa.publish import push_dataset
+
+    rows = [{"data_source": "deepscaler", "prompt": [{"role": "user", "content": f"What is {i}+1? \\boxed{{}}"}],
+             "ability": "math", "reward_model": {"ground_truth": str(i + 1), "style": "rule"},
+             "extra_info": {"index": i}} for i in range(3)]  # fmt: skip
+    source = tmp_path / "paper_agg.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    build = tmp_path / "imported"
+    assert main(["augment", "--import", str(source), "--out", str(build)]) == 0
+    assert json.loads((build / "build_report.json").read_text())["source"] == str(source)
+    staged = Path(push_dataset(build, "me/paper-agg", dry_run=True, out_dir=tmp_path / "staged"))
+    card = DatasetCard((staged / "README.md").read_text())
+    assert "converted by `rsa augment --import` (rsa-rl) from `paper_agg.parquet`" in card.text
+    assert "| rows | 3 |" in card.text and "| kinds | plain 3 |" in card.text and "| tasks | math 3 |" in card.text
+    assert json.loads((staged / "build_report.json").read_text())["source"] == "paper_agg.parquet"
+    assert sorted(p.name for p in staged.iterdir()) == ["README.md", "build_report.json", "train.parquet"]
+    assert_no_local_paths(staged, tmp_path)
+    with pytest.raises(ValueError, match=r"no train.parquet; build the dataset with `rsa augment"):
+        push_dataset(tmp_path / "empty", "me/x", dry_run=True)
