@@ -362,7 +362,7 @@ def augment_build(tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("augment") / "agg"
     argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32", "--dataset",
             "rg:basic_arithmetic", "--size", "6", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "16",
-            "--max-model-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--train-context-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     return out
 

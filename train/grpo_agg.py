@@ -42,6 +42,7 @@ from rsa.training import (  # noqa: E402
     GRPOAggScriptArguments,
     ProvenanceCallback,
     check_dataset_size,
+    check_model_path,
     check_prompt_lengths,
     check_recipe_file,
     check_reward_columns,
@@ -137,6 +138,7 @@ if __name__ == "__main__":
 
     try:
         check_recipe_file(sys.argv[1:])
+        check_model_path(sys.argv[1:])
         parser = TrlParser((GRPOAggScriptArguments, GRPOAggConfig, ModelConfig))
         script_args, training_args, model_args = parser.parse_args_and_config()
         main(script_args, training_args, model_args)
