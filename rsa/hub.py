@@ -20,8 +20,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
+#: a path component: no spaces, quotes or markup (`</think></answer>` in a chat template is not a path)
+_COMPONENT = r"[^\s/'\"<>{}|()\[\]*?;,:=]+"
 #: an absolute POSIX path (two components or more) or a home-relative one, inside any string
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/(?=[^\s/'\"]+/))(?:/?[^\s/'\",;]+)+/?")
+_ABSOLUTE_PATH = re.compile(rf"(?<![\w.:/~-])(?:~|/(?={_COMPONENT}/))(?:/?{_COMPONENT})+/?")
+#: keys whose values are templates or text, never paths: kept verbatim
+_VERBATIM_KEYS = frozenset({"chat_template"})
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -49,7 +53,7 @@ def scrub_paths(value: Any) -> Any:
     if isinstance(value, str):
         return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or "", value)
     if isinstance(value, dict):
-        return {k: scrub_paths(v) for k, v in value.items()}
+        return {k: v if k in _VERBATIM_KEYS else scrub_paths(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [scrub_paths(v) for v in value]
     return value

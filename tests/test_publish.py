@@ -408,9 +408,11 @@ def test_scrub_paths_keeps_everything_but_local_paths():
     from rsa.hub import hub_name, is_hub_id, scrub_paths
 
     value = {"a": "/tmp/x/checkpoint-5", "b": ["--config", "/home/me/r.yaml"], "c": "http://127.0.0.1:8000/v1",
-             "d": "data/agg", "e": 3, "f": "~/models/base", "g": "cd /srv/run && go"}  # fmt: skip
+             "d": "data/agg", "e": 3, "f": "~/models/base", "g": "cd /srv/run && go", "h": "--out=/a/b/c",
+             "i": "</think></answer>", "chat_template": "{{ '/a/b' }}"}  # fmt: skip
     assert scrub_paths(value) == {"a": "checkpoint-5", "b": ["--config", "r.yaml"], "c": "http://127.0.0.1:8000/v1",
-                                  "d": "data/agg", "e": 3, "f": "base", "g": "cd run && go"}  # fmt: skip
+                                  "d": "data/agg", "e": 3, "f": "base", "g": "cd run && go", "h": "--out=c",
+                                  "i": "</think></answer>", "chat_template": "{{ '/a/b' }}"}  # fmt: skip
     assert is_hub_id("Qwen/Qwen3-4B-Instruct-2507") and not is_hub_id("/models/Qwen3") and not is_hub_id("a/b/c")
     assert hub_name("/models/Qwen3-4B") == "Qwen3-4B" and hub_name("Qwen/Qwen3-4B") == "Qwen/Qwen3-4B"
 
