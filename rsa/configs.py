@@ -362,6 +362,13 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
         metadata={"help": "convert a verl-layout parquet file instead of building", "aliases": ["--import"]},
     )
     progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: none)"})
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "after the build, push OUT as a Hub dataset repo (e.g. me/agg-data) with a card of its "
+                  "provenance and mixture; needs a token (HF_TOKEN or `hf auth login`)"},
+    )  # fmt: skip
+    hub_private: bool = field(default=False, metadata={"help": "with --push-to-hub: create the repo private"})
+    hub_revision: str | None = field(default=None, metadata={"help": "with --push-to-hub: branch to push to"})
 
     def __post_init__(self) -> None:
         from rsa.augment import Balance, KRange

@@ -17,6 +17,9 @@ Import (a verl-layout aggregation dataset, e.g. the paper's, converted to our co
     rsa augment --import aggregation_aware_rl_data.parquet --out data/agg-paper \\
         [--tokenizer Qwen/Qwen3-4B-Instruct-2507 --train-context-len 41984 --max-completion-length 8192]
 
+`--push-to-hub REPO` then uploads OUT as a Hub dataset with a card of its provenance and mixture
+(`rsa.publish.push_dataset`); the token is checked before the build starts.
+
 Options can also come from a YAML file (`--config FILE.yaml`); options given on the command line win.
 The options are the fields of `rsa.configs.AugmentConfig`; `rsa.build_dataset.run_augment` runs the same
 build from Python.
@@ -52,6 +55,11 @@ def run(config, prog: str = "rsa augment") -> int:
     from rsa.build_dataset import run_augment
     from rsa.engines.base import EngineError
 
+    token = None
+    if config.push_to_hub:
+        from rsa.hub import check_can_push
+
+        token = check_can_push(None)  # refuses offline or without a token, before any work
     try:
         report = run_augment(config)
     except EngineError as exc:
@@ -61,4 +69,10 @@ def run(config, prog: str = "rsa augment") -> int:
         return 1
     print(report.summary())
     print(f"dataset: {Path(config.out) / DATASET_FILE}")
+    if config.push_to_hub:
+        from rsa.publish import push_dataset
+
+        url = push_dataset(config.out, config.push_to_hub, token=token, private=config.hub_private,
+                           revision=config.hub_revision)  # fmt: skip
+        print(f"pushed to the Hub: {url}")
     return 0
