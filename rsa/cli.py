@@ -16,6 +16,7 @@ COMMANDS = [
     "demo",
     "publish",
     "augment",
+    "train",
 ]
 
 
