@@ -54,11 +54,12 @@ def test_aggregation_prompt_targets_copy_one_candidate():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a few minutes alone; a shared 2-core machine can take several times longer
 def test_quick_demo_runs_every_stage(tmp_path):
     """`rsa demo --quick`: pre-training, the augmented dataset, two GRPO arms, RSA evals, report, summary."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, timeout=2400)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pre-training the toy base model" in proc.stderr  # the stages log to stderr, the table goes to stdout
     assert "-m rsa.train --config" in proc.stderr and "/rsa/resources/recipes/toy_grpo.yaml" in proc.stderr
