@@ -20,6 +20,7 @@ COMMANDS = [
     "demo",
     "publish",
     "augment",
+    "train",
 ]
 # Subcommands that parse their own arguments (`rsa.commands.<name>.main(argv)`).
 CONFIG_COMMANDS = {"eval", "augment"}
