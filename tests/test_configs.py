@@ -10,27 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from rsa.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_engine(monkeypatch):
-    """FAULT INJECTION stand-in: `make_engine` fails the test if called (input errors must come first)."""
-    import rsa.engines
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("an engine was built before the input was validated")
-
-    monkeypatch.setattr(rsa.engines, "make_engine", refuse)
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def eval_argv(model: str, out: Path, *extra: str) -> list[str]:

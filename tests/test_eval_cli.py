@@ -9,27 +9,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from rsa.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def no_engine(monkeypatch):
-    """Fail the test if `rsa eval` tries to build an engine (input errors must come first)."""
-    import rsa.engines
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("an engine was built before the input was validated")
-
-    monkeypatch.setattr(rsa.engines, "make_engine", refuse)
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def base_argv(model: str, out: Path, *extra: str) -> list[str]:
