@@ -58,12 +58,15 @@ DEFAULTS = {
     "out": None,
     "resume": False,
     "progress": True,
+    "schedule": "async",
+    "allow_existing_dir": False,
+    "repair": False,
 }
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the `eval` subcommand."""
-    from rsa.loop import FINAL_RULES, METHODS, THINKING_MODES
+    from rsa.loop import FINAL_RULES, METHODS, SCHEDULES, THINKING_MODES
 
     p = sub.add_parser(
         "eval",
@@ -114,10 +117,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="any other engine keyword argument, value parsed as YAML (repeatable), e.g. enforce_eager=true",
     )
     g.add_argument("--gpu-memory-utilization", type=float, help="vllm: fraction of GPU memory to use")
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="async (default): each problem moves to its next step as soon as its population is complete; "
+        "barrier: one step at a time over all problems. Same results either way",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed step")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar (a log line every minute)"
+    )
+    g.add_argument(
+        "--allow-existing-dir",
+        action="store_true",
+        help="start a run in a non-empty --out folder that holds no run (its other files are left alone)",
+    )
+    g.add_argument(
+        "--repair",
+        action="store_true",
+        help="with --resume: rebuild a corrupt metrics.jsonl from the population files (old file kept as .bad)",
+    )
     p.set_defaults(func=run)
 
 
@@ -209,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     from rsa.data import load_problems
     from rsa.engines.base import EngineError
     from rsa.loop import LoopConfig, RSALoop
-    from rsa.runs import RunDirectory, build_manifest, model_revision, run_evaluation
+    from rsa.runs import RunDirectory, build_manifest, failure_summary, model_revision, run_evaluation
 
     # 1. everything that needs no model: options, loop config, model path, dataset, run directory
     resolve_options(args)
@@ -230,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         final=args.final,
         thinking=args.thinking,
+        schedule=args.schedule,
     )
+    if args.repair and not args.resume:
+        raise ValueError("--repair works on an existing run: pass it with --resume")
     args.model = check_model(args.model, args.engine)
     context = args.max_model_len or _local_context_length(args.model)
     if context is not None and args.max_new_tokens >= context:
@@ -250,10 +274,14 @@ def run(args: argparse.Namespace) -> int:
     run_dir = RunDirectory(args.out)
     if args.resume:
         run_dir.check_resumable(manifest)
-    elif run_dir.exists():
-        raise ValueError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        run_dir.check_new(allow_existing=args.allow_existing_dir)
 
-    if args.resume and len(run_dir.completed_steps()) >= loop_config.num_steps:
+    if args.repair:
+        done = run_dir.repair_metrics(problems, loop_config)
+    else:
+        done = run_dir.completed_steps() if args.resume else []
+    if len(done) >= loop_config.num_steps and not failure_summary(done):
         summaries = run_evaluation(None, problems, loop_config, run_dir, progress=False)  # nothing to generate
         print(format_summary_table(summaries))
         print(f"run directory: {args.out} (already complete)")
@@ -273,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         RSALoop(engine, problems, loop_config).check_context()
         if not args.resume:
-            run_dir.create(manifest, problems)
+            run_dir.create(manifest, problems, allow_existing=args.allow_existing_dir)
         summaries = run_evaluation(engine, problems, loop_config, run_dir, progress=args.progress)
     except EngineError as exc:
         print(f"rsa eval: engine error: {exc}", file=sys.stderr)
@@ -284,6 +312,10 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
     print(format_summary_table(summaries))
     print(f"run directory: {args.out}")
+    failures = failure_summary(summaries)
+    if failures:
+        print(f"rsa eval: {failures}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -78,6 +78,7 @@ class OpenAIEngine(Engine):
     """
 
     name = "openai"
+    supports_async = True
 
     def __init__(
         self,
@@ -131,6 +132,8 @@ class OpenAIEngine(Engine):
         self._turn = itertools.count()
         #: attempts that were retried during the last `generate` call (for logs and tests)
         self.last_retries = 0
+        # (event loop, HTTP client, semaphore) of `agenerate_one`, bound to the loop that made them
+        self._session_state: tuple[Any, Any, asyncio.Semaphore] | None = None
 
     def _load_tokenizer(self, path: str | None) -> Any:
         candidate = path or (self.model if Path(self.model).is_dir() else None)
@@ -207,7 +210,7 @@ class OpenAIEngine(Engine):
             async def one(index: int) -> Generation:
                 body = self._request_body(conversations[index], params, max_tokens[index], per_request[index])
                 async with semaphore:
-                    return await self._complete(client, body, index)
+                    return await self._complete(client, body, f"request {index}")
 
             tasks = [asyncio.ensure_future(one(i)) for i in range(len(conversations))]
             try:
@@ -220,6 +223,36 @@ class OpenAIEngine(Engine):
         if self.last_retries:
             logger.info("openai engine: %d completions, %d retried attempts", len(results), self.last_retries)
         return list(results)
+
+    async def agenerate_one(
+        self, conversation: Conversation, params: SamplingParams, seed: int | None = None
+    ) -> Generation:
+        """One completion while others run (at most `max_concurrency` in flight over all callers on this loop)."""
+        _, client, semaphore = self._session()
+        try:
+            max_tokens = self._max_tokens([conversation], params)[0]
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+        body = self._request_body(conversation, params, max_tokens, seed)
+        async with semaphore:
+            return await self._complete(client, body, "request" if seed is None else f"request (seed {seed})")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client `agenerate_one` opened on the running event loop."""
+        state, self._session_state = self._session_state, None
+        if state is not None and state[0] is asyncio.get_running_loop():
+            await state[1].aclose()
+
+    def _session(self) -> tuple[Any, Any, asyncio.Semaphore]:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._session_state is None or self._session_state[0] is not loop:
+            timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers())
+            self._session_state = (loop, client, asyncio.Semaphore(self.max_concurrency))
+        return self._session_state
 
     # ----- requests ------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -273,14 +306,14 @@ class OpenAIEngine(Engine):
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    async def _complete(self, client: Any, body: dict[str, Any], index: int) -> Generation:
+    async def _complete(self, client: Any, body: dict[str, Any], label: str) -> Generation:
         """Send one request with retries; return its Generation or raise EngineError."""
         errors: list[str] = []
         url: str | None = None
         for attempt in range(self.max_retries + 1):
             url = self._pick_url(avoid=url if errors else None)
             try:
-                return await self._attempt(client, url, body, index)
+                return await self._attempt(client, url, body, label)
             except _RetryableError as exc:
                 errors.append(str(exc))
                 self._avoid_until[url] = time.monotonic() + min(self.backoff_max, self.backoff_base * 2**attempt)
@@ -288,14 +321,14 @@ class OpenAIEngine(Engine):
                     break
                 self.last_retries += 1
                 delay = self._backoff(attempt, exc.retry_after)
-                logger.debug("request %d: %s; retry %d in %.2f s", index, exc, attempt + 1, delay)
+                logger.debug("%s: %s; retry %d in %.2f s", label, exc, attempt + 1, delay)
                 await asyncio.sleep(delay)
         raise EngineError(
-            f"request {index} failed after {len(errors)} attempt(s) against {', '.join(self.base_urls)}; "
+            f"{label} failed after {len(errors)} attempt(s) against {', '.join(self.base_urls)}; "
             f"last error: {errors[-1]}"
         )
 
-    async def _attempt(self, client: Any, url: str, body: dict[str, Any], index: int) -> Generation:
+    async def _attempt(self, client: Any, url: str, body: dict[str, Any], label: str) -> Generation:
         import httpx
 
         endpoint = f"{url}/chat/completions"
@@ -316,13 +349,11 @@ class OpenAIEngine(Engine):
                 f"{endpoint}: HTTP {status} {response.text[:200]!r}", retry_after=_retry_after(response)
             )
         if status != 200:
-            raise EngineError(f"{endpoint} rejected request {index} with HTTP {status}: {response.text[:1000]}")
+            raise EngineError(f"{endpoint} rejected {label} with HTTP {status}: {response.text[:1000]}")
         try:
             return self._parse(response.json())
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EngineError(
-                f"{endpoint} answered request {index} with an unexpected body: {response.text[:500]}"
-            ) from exc
+            raise EngineError(f"{endpoint} answered {label} with an unexpected body: {response.text[:500]}") from exc
 
     def _parse(self, data: dict[str, Any]) -> Generation:
         choice = data["choices"][0]
