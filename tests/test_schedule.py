@@ -255,7 +255,7 @@ def test_non_empty_folder_that_is_not_a_run_is_refused(tmp_path):
                    problems(1), allow_existing=True)  # fmt: skip
     assert (folder / "notes.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NotADirectoryError, match="is a file"):
+    with pytest.raises(ValueError, match="is a file"):
         RunDirectory(tmp_path / "file").check_new()
 
 
@@ -264,8 +264,9 @@ def test_cli_refuses_a_non_empty_folder_before_loading_a_model(tmp_path, capsys)
 
     folder = tmp_path / "runs"
     (folder / "neighbour").mkdir(parents=True)
-    with pytest.raises(FileExistsError, match="--allow-existing-dir"):
-        main(eval_argv("http://127.0.0.1:9/v1", folder))
+    assert main(eval_argv("http://127.0.0.1:9/v1", folder)) == 2  # nothing listens there: no engine was needed
+    assert "non-empty folder that holds no run" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["neighbour"]
 
 
 def test_only_the_runs_own_temporaries_are_removed(tmp_path, fake_engine):
