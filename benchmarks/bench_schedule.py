@@ -1,6 +1,6 @@
 """Async vs barrier RSA schedules, side by side in one process, against SIMULATED OpenAI-compatible servers.
 
-    python benchmarks/bench_schedule.py [--part a|b|all] [--population 8] [--k 4] [--steps 4]
+    python benchmarks/bench_schedule.py [--part a|b|all] [--population 8] [--k 4] [--a-steps 10] [--b-steps 4]
 
 The servers are `benchmarks/sim_server.py` (no model) in a subprocess on loopback: each has a fixed
 number of concurrent slots, like a batching server, and holds a request for length x ms-per-token,
@@ -8,12 +8,13 @@ its length drawn from a lognormal (median `--median-tokens`, shape `--sigma`) se
 seed. The client is the real stack: `rsa.runs.run_evaluation` (run directory, fsynced commits) over the
 real openai engine, at most 2 x slots requests in flight per server.
 
-(a) one server with many slots (`--a-slots`, `--a-problems`, `--a-ms-per-token`): the same RSA run
+(a) one server with many slots (`--a-slots`, `--a-problems`, `--a-ms-per-token`, `--a-steps`, T=10 as
+    `rsa eval` defaults to): the same RSA run
     under the barrier and the async schedule; prints both wall times, the ratio barrier/async (target
     >= 1.3) and the utilisation, busy slot-time / available slot-time (target >= 0.9 under async), and
     checks that metrics.jsonl is identical apart from wall times.
 (b) the async schedule on 1, 2 and 4 servers with few slots each (`--b-slots`, `--b-problems`,
-    `--b-ms-per-token`), the same run; prints the throughput ratio to 1 server (target >= 3.5 at 4)
+    `--b-ms-per-token`, `--b-steps`), the same run; prints the throughput ratio to 1 server (target >= 3.5 at 4)
     and the utilisation; checks identical metrics again.
 
 Milliseconds per token are large enough that the client (about 5-30 ms of CPU per request on a
@@ -72,7 +73,7 @@ def problems(n: int) -> list[Problem]:
 def part_args(args: argparse.Namespace, part: str) -> argparse.Namespace:
     """`args` with the part's slots, problems and milliseconds per token."""
     chosen = vars(args).copy()
-    for key in ("slots", "problems", "ms_per_token"):
+    for key in ("slots", "problems", "ms_per_token", "steps"):
         chosen[key] = chosen[f"{part}_{key}"]
     return argparse.Namespace(**chosen)
 
@@ -111,7 +112,9 @@ def part_a(args: argparse.Namespace, tmp: Path) -> None:
         proc.kill()
     same = barrier["metrics"] == asynchronous["metrics"]
     ratio = barrier["wall"] / asynchronous["wall"]
-    print(f"(a) 1 server x {args.slots} slots, {args.problems} problems, {args.ms_per_token:g} ms per token")
+    print(
+        f"(a) T={args.steps}, 1 server x {args.slots} slots, {args.problems} problems, {args.ms_per_token:g} ms per token"
+    )
     print(f"    barrier: {barrier['wall']:7.2f} s  utilisation {barrier['utilisation']:.3f}")
     print(f"    async:   {asynchronous['wall']:7.2f} s  utilisation {asynchronous['utilisation']:.3f}")
     print(f"    speed-up async vs barrier: {ratio:.2f}x (target >= 1.3)  metrics identical: {same}")
@@ -129,7 +132,7 @@ def part_b(args: argparse.Namespace, tmp: Path) -> None:
             proc.kill()
     same = all(r["metrics"] == results[1]["metrics"] for r in results.values())
     print(
-        f"(b) async schedule on 1, 2, 4 servers x {args.slots} slots, {args.problems} problems, "
+        f"(b) T={args.steps}, async schedule on 1, 2, 4 servers x {args.slots} slots, {args.problems} problems, "
         f"{args.ms_per_token:g} ms per token"
     )
     for count, r in results.items():
@@ -146,20 +149,21 @@ def main() -> None:
     parser.add_argument("--part", choices=("a", "b", "all"), default="all")
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--a-slots", type=int, default=32)
     parser.add_argument("--a-problems", type=int, default=24)
-    parser.add_argument("--a-ms-per-token", type=float, default=6.0)
+    parser.add_argument("--a-ms-per-token", type=float, default=4.0)
+    parser.add_argument("--a-steps", type=int, default=10)
     parser.add_argument("--b-slots", type=int, default=4)
     parser.add_argument("--b-problems", type=int, default=32)
     parser.add_argument("--b-ms-per-token", type=float, default=1.5)
+    parser.add_argument("--b-steps", type=int, default=4)
     parser.add_argument("--median-tokens", type=float, default=200.0)
     parser.add_argument("--sigma", type=float, default=1.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     print(
-        f"RSA N={args.population} K={args.k} T={args.steps}; completion length ~ lognormal(median "
+        f"RSA N={args.population} K={args.k}; completion length ~ lognormal(median "
         f"{args.median_tokens:g} tokens, sigma {args.sigma:g}), each token holding its slot for the given ms"
     )
     with tempfile.TemporaryDirectory() as tmp:

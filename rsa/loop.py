@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -397,6 +398,33 @@ class ProgressHook(Protocol):
     def group_done(self, step: int) -> None: ...
 
 
+class _PriorityGate:
+    """At most `limit` requests in flight; waiting ones go in order of (step, arrival): lagging problems first."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self.waiting: list[tuple[int, int, asyncio.Future]] = []
+        self.arrivals = 0
+
+    async def acquire(self, step: int) -> None:
+        if self.in_flight < self.limit and not self.waiting:
+            self.in_flight += 1
+            return
+        self.arrivals += 1
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiting, (step, self.arrivals, future))
+        await future  # the releaser counted us in
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        while self.waiting and self.in_flight < self.limit:
+            _, _, future = heapq.heappop(self.waiting)
+            if not future.done():
+                self.in_flight += 1
+                future.set_result(None)
+
+
 class RSALoop:
     """RSA (and its baselines) for a list of problems on one engine, under the configured schedule."""
 
@@ -654,9 +682,20 @@ class RSALoop:
 
     async def _execute_async(self, on_group, start_step, previous, stored, progress) -> None:
         changed: list[set[int]] = [set() for _ in self.problems]
+        # engines with a concurrency limit (openai) get requests lagging problems first, so the problems
+        # stay level and the run does not end with a few problems' last steps running alone
+        limit = getattr(self.engine, "max_concurrency", None)
+        gate = _PriorityGate(limit) if isinstance(limit, int) and limit > 0 else None
 
         async def one(request: _Request) -> Generation | str:
-            outcome = await self.agenerate(request)
+            if gate is None:
+                outcome = await self.agenerate(request)
+            else:
+                await gate.acquire(request.step)
+                try:
+                    outcome = await self.agenerate(request)
+                finally:
+                    gate.release()
             if progress is not None:
                 progress.requests_done(1, outcome.num_tokens if isinstance(outcome, Generation) else 0)
             return outcome

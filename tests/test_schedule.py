@@ -37,7 +37,7 @@ def answer(body: dict) -> str:
 
 def slow_problem_0(body: dict) -> float:
     """Problem 0's requests are slow, the others fast: the async schedule lets the others run ahead."""
-    return 0.25 if "What is 0 + 1?" in body["messages"][-1]["content"] else 0.01
+    return 0.6 if "What is 0 + 1?" in body["messages"][-1]["content"] else 0.01
 
 
 def records(run_path: Path) -> dict[str, list]:
@@ -86,7 +86,7 @@ def test_async_and_barrier_give_identical_records_over_http(tmp_path, method):
             config = LoopConfig(method=method, population=3, k=2, steps=3, max_new_tokens=32, seed=7, schedule=schedule)
             server.requests.clear()
             run_dir = new_run(tmp_path / schedule, items)
-            run_evaluation(http_engine(server.url, max_concurrency=4), items, config, run_dir, progress=False)
+            run_evaluation(http_engine(server.url, max_concurrency=8), items, config, run_dir, progress=False)
             runs[schedule] = [step_of(body["seed"], 7, config, 3) for body in list(server.requests)]
     assert records(tmp_path / "async") == records(tmp_path / "barrier")
     assert not list((tmp_path / "async").rglob("*.pending.jsonl"))
