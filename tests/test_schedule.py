@@ -321,3 +321,17 @@ def test_torn_last_line_is_dropped_with_an_honest_warning(tmp_path, fake_engine,
     with caplog.at_level("WARNING"):
         assert [s["step"] for s in run_dir.completed_steps()] == [1, 2]
     assert "torn last line" in caplog.text and "killed while appending" in caplog.text
+
+
+# ----- progress -----------------------------------------------------------------------------------------------
+def test_progress_logs_lines_off_a_terminal(caplog):
+    from rsa.progress import Progress
+
+    progress = Progress(10, num_problems=2, num_steps=2, enabled=True, log_every=0.0)  # pytest: not a terminal
+    assert progress.bar is None
+    with caplog.at_level("INFO", logger="rsa.progress"):
+        progress.requests_done(4, 400)
+        progress.group_done(1)
+        progress.close()
+    assert "progress: requests 4/10 (40%)" in caplog.text
+    assert "tok/s | s1 1/2" in caplog.text and "ETA" in caplog.text
