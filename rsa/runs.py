@@ -348,7 +348,9 @@ class RunDirectory:
             )
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--out {self.path} is a file, not a folder; choose a folder for the run")
-        if self.path.is_dir() and any(self.path.iterdir()) and not allow_existing:
+        # what a create() killed before its manifest leaves behind does not count as someone else's files
+        leftovers = {self.path / PROBLEMS, *self.own_temporaries()}
+        if self.path.is_dir() and any(p not in leftovers for p in self.path.iterdir()) and not allow_existing:
             raise RunFolderError(
                 f"--out {self.path} is a non-empty folder that holds no run; choose a new or empty folder, or pass "
                 "--allow-existing-dir to write the run's files into it (nothing already there is touched)"

@@ -335,3 +335,12 @@ def test_progress_logs_lines_off_a_terminal(caplog):
         progress.close()
     assert "progress: requests 4/10 (40%)" in caplog.text
     assert "tok/s | s1 1/2" in caplog.text and "ETA" in caplog.text
+
+
+def test_a_create_killed_before_its_manifest_does_not_block_the_folder(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "problems.jsonl").write_text('{"id": "m0"}\n')  # create() was killed before writing the manifest
+    (folder / ".manifest.json.k2j3.tmp").write_text("{")
+    new_run(folder, problems(1))
+    assert RunDirectory(folder).exists()
