@@ -3,8 +3,9 @@
 Naive reference (as in public RSA evaluation code): for every answer, call math-verify against every
 cluster representative, parsing both strings again on each call; score each answer against the gold
 answer with a fresh parse too. Ours: `rsa.voting.cluster_answers` (equivalence keys, cached parses)
-and `MathTask.score_extracted`. Both run in this process on the same populations; the clusterings and
-scores are asserted identical and the speed ratio is printed.
+and `MathTask.score_extracted`. Both run in this process on the same populations (which include decorated
+answers: units, percent and dollar signs, degree marks, text wrappers); the clusterings and scores are asserted
+identical and the speed ratio is printed.
 
     python benchmarks/bench_voting.py [--problems 60] [--seed 0]
 """
@@ -53,7 +54,8 @@ def naive_clusters(answers):
 
 def make_population(rng: random.Random, gold: int, size: int = 16) -> list[str | None]:
     """A realistic population for an integer-answer problem (AIME-like): mostly integers, the right value
-    more often than any single wrong one, some fractions, decimals, expressions, malformed and empty."""
+    more often than any single wrong one, some fractions, decimals, expressions, decorated (units, %, $,
+    degrees, text wrappers), malformed and empty."""
     wrong = [gold + rng.choice([-7, -2, -1, 1, 3, 10, 100]) for _ in range(3)]
     out: list[str | None] = []
     for _ in range(size):
@@ -72,7 +74,19 @@ def make_population(rng: random.Random, gold: int, size: int = 16) -> list[str |
                 )
             )
         elif r < 0.85:
-            out.append(f"\\text{{{value}}}")
+            # decorated: text wrappers, degree marks, percent and dollar signs, units
+            out.append(
+                rng.choice(
+                    [
+                        f"\\text{{{value}}}",
+                        f"{value}^\\circ",
+                        f"{value}\\%",
+                        f"\\${value}",
+                        f"{value}\\text{{ cm}}",
+                        f"{value}\\,\\mathrm{{m}}",
+                    ]
+                )
+            )
         elif r < 0.92:
             out.append(rng.choice(["\\frac{1}{", "}{", "??", "\\sqrt{"]))  # malformed
         else:

@@ -76,7 +76,10 @@ def test_extracts_the_last_python_block():
     text = "```python\nprint(1)\n```\nthinking...\n```py\nprint(2)\n```\nand a shell line\n```bash\nls\n```\n"
     assert extract_code(text) == "print(2)"
     assert extract_code("```\nprint(3)\n```") == "print(3)"  # untagged blocks count
-    assert extract_code("```Python3\r\nprint(4)\r\n```") is not None
+    # CRLF text: the tag matches case-insensitively and the body is kept verbatim up to its last line break (Python
+    # reads \r\n line ends, so the program runs as written)
+    assert extract_code("```Python3\r\nprint(4)\r\n```") == "print(4)\r"
+    assert extract_code("```Python3\r\nx = 4\r\nprint(x)\r\n```") == "x = 4\r\nprint(x)\r"
     assert extract_code("no code at all") is None
     assert extract_code("```python\nprint(5)\n") is None  # unclosed (truncated) block
     assert extract_code("```cpp\nint main(){}\n```") is None

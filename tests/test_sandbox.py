@@ -9,18 +9,28 @@ the program. Tests that need namespace isolation skip (with the apt command) whe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import glob
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
-from rsa.sandbox import Limits, Sandbox, SandboxError, TestSuite, result_matches, stdout_matches
+from rsa.sandbox import Limits, Sandbox, SandboxError, TestSuite, clean_leftovers, result_matches, stdout_matches
+from rsa.sandbox.harness import MEMORY_EXIT, NO_RESULT_EXIT, verdict
+from rsa.sandbox.runner import UID_BASE, UID_COUNT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AS_ROOT = os.geteuid() == 0
+NEEDS_ROOT = "needs root: only root can run programs as a dedicated uid, the property checked here"
 
 TIMEOUT_S = 1.0
 MARGIN_S = 3.0  # sandbox start-up (two bwrap layers + interpreter) and slow CI machines
@@ -79,10 +89,38 @@ def live_processes(uid: int) -> list[int]:
     return found
 
 
+def assert_dedicated_uid(result) -> None:
+    """As root, every run must have used one of the sandbox's own unused uids, never root's or the caller's."""
+    assert result.uid is not None and UID_BASE <= result.uid < UID_BASE + UID_COUNT, result.detail
+    assert result.detail == f"uid {result.uid} (dedicated)"
+
+
+def tagged_processes(text: str) -> list[int]:
+    """Live processes whose command line contains `text`."""
+    found = []
+    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
 def assert_nothing_left(result) -> None:
-    if result.uid is not None and result.uid not in (0, os.getuid()):
-        time.sleep(0.05)
-        assert live_processes(result.uid) == [], f"processes of sandbox uid {result.uid} survived"
+    """No process of the run survives it. Checked last in a test: in bwrap mode it needs root."""
+    time.sleep(0.05)
+    if result.mode == "rlimits":
+        # the fallback's harness (and every test process forked from it) runs from a folder named after this process
+        assert tagged_processes(f"rsa-sandbox-{os.getpid()}.") == [], "fallback sandbox processes survived"
+        if result.uid in (0, os.getuid()):
+            return  # ran under the caller's uid (see the fallback's documented limits): nothing more to check
+    elif not AS_ROOT:
+        # as a normal user the program runs under the caller's own uid: its processes are indistinguishable
+        pytest.skip(NEEDS_ROOT)
+    assert_dedicated_uid(result)
+    assert live_processes(result.uid) == [], f"processes of sandbox uid {result.uid} survived"
 
 
 # ----- output comparison (LiveCodeBench rules) --------------------------------------------------------------------
@@ -97,6 +135,43 @@ def test_stdout_comparison_rules():
     assert result_matches("[1, 2]", "[1,2]")
     assert result_matches("true", "true") and not result_matches("false", "true")
     assert not result_matches("not json", "1")
+
+
+# ----- the harness module ------------------------------------------------------------------------------------------
+def test_harness_verdicts():
+    def judge(**overrides):
+        facts = dict(timed_out=False, code=0, sig=None, set_up=True, out_len=3, res_len=None, limit=100, err=b"")
+        return verdict(**{**facts, "functional": False, **overrides})
+
+    assert judge() == "ok"
+    assert judge(functional=True) == "no_result" and judge(functional=True, res_len=4) == "ok"
+    assert judge(set_up=False) is None  # an infrastructure failure, not a verdict on the program
+    assert judge(set_up=False, timed_out=True) == "timeout"
+    assert judge(sig=signal.SIGXCPU) == "timeout"
+    assert judge(out_len=100) == judge(res_len=100) == judge(sig=signal.SIGXFSZ) == "output_limit"
+    assert judge(code=1, err=b"OSError: [Errno 27] File too large") == "output_limit"
+    assert judge(sig=signal.SIGKILL) == "killed" and judge(sig=signal.SIGSEGV) == "runtime_error"
+    assert judge(code=MEMORY_EXIT) == "memory_limit" and judge(code=NO_RESULT_EXIT) == "no_result"
+    assert judge(code=2) == "runtime_error"
+
+
+def test_harness_is_standalone_and_is_what_the_sandbox_runs():
+    import ast
+
+    import rsa.sandbox.harness as harness
+    from rsa.sandbox.runner import harness_source
+
+    with open(harness.__file__, encoding="utf-8") as f:
+        text = f.read()
+    assert harness_source() == text
+    imported = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    # it runs as `python -I -S harness.py`: the standard library only, nothing from rsa or site-packages
+    assert imported and imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
 
 
 # ----- resource limits ---------------------------------------------------------------------------------------------
@@ -147,6 +222,47 @@ def test_private_tmp_is_size_limited(isolated):
     result, elapsed = run_timed(isolated, program)
     assert result.statuses() == ["runtime_error"] and "No space left" in result.outcomes[0].stderr_tail
     assert elapsed < TIMEOUT_S + MARGIN_S
+
+
+# Writes files of 60000 bytes (under the 64 KiB file-size limit) into a directory until the file system refuses
+# more; prints how many bytes it got in and the error. "WIN" only when 300 MiB fit.
+FILL_DIRECTORY = (
+    "import sys\n"
+    "target, written, error = sys.argv_target, 0, 'none'\n"
+    "try:\n"
+    "    for i in range(300 * 2 ** 20 // 60000 + 1):\n"
+    "        with open(f'{target}/f{i}', 'wb') as f:\n"
+    "            f.write(b'x' * 60000)\n"
+    "        written += 60000\n"
+    "except OSError as exc:\n"
+    "    error = exc.strerror\n"
+    "print('WIN' if written >= 300 * 2 ** 20 else f'{written} {error}')\n"
+)
+
+
+def fill(directory: str) -> str:
+    return FILL_DIRECTORY.replace("sys.argv_target", repr(directory))
+
+
+def test_dev_shm_is_size_limited(isolated):
+    # bwrap's own /dev is a tmpfs of half the host RAM; the sandbox gives /dev/shm its own `shm_mb` cap instead
+    result, elapsed = run_timed(isolated, fill("/dev/shm"))
+    assert result.statuses() == ["ok"] and result.passed == 0
+    written, error = result.outcomes[0].output_head.split(" ", 1)
+    assert error.strip() == "No space left on device"
+    assert 0 < int(written) <= isolated.limits.shm_mb << 20
+    assert elapsed < TIMEOUT_S + MARGIN_S
+    # and the rest of /dev (a tmpfs too) is read-only
+    result, _ = run_timed(isolated, fill("/dev"))
+    assert result.outcomes[0].output_head == "0 Read-only file system\n"
+
+
+def test_dev_shm_can_be_switched_off(isolated):
+    with Sandbox(dataclasses.replace(LIMITS, shm_mb=0), max_workers=1) as sb:
+        result, _ = run_timed(sb, fill("/dev/shm"))
+    assert result.mode == "bwrap" and result.outcomes[0].output_head == "0 Read-only file system\n"
+    with pytest.raises(ValueError, match="Limits.shm_mb"):
+        Limits(shm_mb=-1)
 
 
 def test_deep_recursion_crashes_only_its_test(roomy):
@@ -457,7 +573,76 @@ def test_parallel_workers_are_bounded_and_ordered(roomy):
     jobs = [(f"n = int(input())\nprint(n * n + {k})\n", tests) for k in range(6)]
     results = roomy.run_many(jobs)
     assert [r.passed for r in results] == [1, 0, 0, 0, 0, 0]
-    assert len({r.uid for r in results}) <= roomy.max_workers
+    if not AS_ROOT:
+        pytest.skip(NEEDS_ROOT)
+    # as root each worker claims its own unused uid once and reuses it: at most max_workers distinct dedicated uids
+    for result in results:
+        assert_dedicated_uid(result)
+    assert 1 <= len({r.uid for r in results}) <= roomy.max_workers
+    # two programs running at the same time never share a uid, and each really runs as the uid reported
+    program = "import os, time\ntime.sleep(1)\nprint(os.getuid())\n"
+    sleepers = roomy.run_many([(program, TestSuite(("\n",), ("x\n",)))] * 2)
+    assert sleepers[0].uid != sleepers[1].uid
+    assert [r.outcomes[0].output_head.strip() for r in sleepers] == [str(r.uid) for r in sleepers]
+    for result in results:
+        assert_nothing_left(result)
+
+
+# A grader process: runs one program that sleeps through its test's time limit.
+GRADER = (
+    "import sys\n"
+    "from rsa.sandbox import Limits, Sandbox, TestSuite\n"
+    "sandbox = Sandbox(Limits(timeout_s=8.0, startup_s=20.0), max_workers=1, mode=sys.argv[1])\n"
+    "sandbox.run('import time\\ntime.sleep(60)\\n', TestSuite(('\\n',), ('x\\n',)))\n"
+)
+
+
+def start_grader(mode: str) -> tuple[subprocess.Popen, str]:
+    """Start a grader in a new process; return it and its sandbox folder once the run has begun."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    grader = subprocess.Popen([sys.executable, "-c", GRADER, mode], env=env, stderr=subprocess.PIPE)
+    pattern = os.path.join(tempfile.gettempdir(), f"rsa-sandbox-{grader.pid}.*")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and grader.poll() is None:
+        for folder in glob.glob(pattern):  # (the first folder may be the mode probe's)
+            with contextlib.suppress(OSError), open(os.path.join(folder, "solution.py")) as f:
+                if "sleep(60)" in f.read():
+                    return grader, folder
+        time.sleep(0.05)
+    grader.kill()
+    raise AssertionError(f"the grader made no sandbox folder: {grader.communicate()[1].decode()[-2000:]}")
+
+
+@pytest.mark.parametrize("which", ["sandbox", "fallback"])
+def test_folders_of_killed_graders_are_removed_at_the_next_start(which, request):
+    mode = request.getfixturevalue(which).mode
+    killed, killed_folder = start_grader(mode)
+    live, live_folder = start_grader(mode)
+    try:
+        killed.kill()  # SIGKILL mid-run: no cleanup code of the grader runs
+        killed.wait()
+        assert os.path.isdir(killed_folder)  # the leftover: the program and its inputs
+        # a folder of the same shape that another user's dead grader left: not ours, so never touched
+        strangers = os.path.join(tempfile.gettempdir(), f"rsa-sandbox-{killed.pid}.0-{secrets.token_hex(4)}")
+        os.mkdir(strangers)
+        if AS_ROOT:
+            os.chown(strangers, 4242, 4242)
+        with Sandbox(LIMITS, mode=mode, max_workers=1):  # starting a new sandbox cleans up
+            pass
+        assert not os.path.exists(killed_folder), "a dead grader's folder survived the next start"
+        if AS_ROOT:
+            assert os.path.isdir(strangers), "another user's folder was removed"
+        assert os.path.isfile(os.path.join(live_folder, "solution.py")), "a live grader's folder was removed"
+        assert live.poll() is None
+    finally:
+        for grader in (killed, live):
+            grader.send_signal(signal.SIGKILL)
+            grader.wait()
+        with contextlib.suppress(NameError, OSError):
+            os.rmdir(strangers)
+    assert live_folder in clean_leftovers()  # now dead too: removed by the next clean-up
+    assert not os.path.exists(live_folder)
+    assert os.path.isdir(os.path.join(tempfile.gettempdir(), "rsa-sandbox-uids")) or not AS_ROOT
 
 
 def test_limits_are_validated():

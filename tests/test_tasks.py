@@ -130,9 +130,9 @@ def test_mcq_scores():
 
 
 # ----- Reasoning Gym --------------------------------------------------------------------------------
-# Tasks whose `answer` field is one of many valid solutions or absent, so the stored answer is not
-# guaranteed to score 1.0 (their scorers check validity instead).
-RG_NO_ORACLE = {"boxnet", "graph_color", "propositional_logic", "rubiks_cube", "rush_hour", "composite"}
+# Left out of the sample: tasks whose `answer` field is one of many valid solutions or absent, so the stored
+# answer is not guaranteed to score 1.0 (their scorers check validity instead): boxnet, graph_color,
+# propositional_logic, rubiks_cube, rush_hour, composite.
 RG_SAMPLE = [
     "basic_arithmetic", "chain_sum", "leg_counting", "number_sequence", "figlet_font", "arc_1d", "arc_agi",
     "needle_haystack", "futoshiki", "kakurasu", "maze", "knight_swap", "tsumego", "tower_of_hanoi",
@@ -143,12 +143,15 @@ RG_SAMPLE = [
 
 @pytest.mark.parametrize("name", RG_SAMPLE)
 def test_reasoning_gym_gold_answers_score_one_through_json(name):
-    assert name not in RG_NO_ORACLE
-    for problem in generate_reasoning_gym([name], 2, seed=11):
+    problems = generate_reasoning_gym([name], 6, seed=11)
+    for problem in problems[:2]:
         # the entry travels as JSON text, as in verl parquet files
         stored = Problem(problem.id, "rg", problem.question, problem.answer, {**problem.meta})
         stored.meta["entry"] = json.dumps(problem.meta["entry"])
         assert RG.score(f"Thinking...\n<answer>{problem.answer}</answer>", stored) == 1.0, name
+        # and the scorer discriminates: a well-formed answer to another problem of the same task scores below 1
+        wrong = next(other.answer for other in problems if other.answer != problem.answer)
+        assert RG.score(f"<answer>{wrong}</answer>", stored) < 1.0, (name, wrong)
 
 
 def test_reasoning_gym_wrong_missing_partial_and_malformed():
@@ -201,26 +204,86 @@ def test_registry_and_unknown_task():
         get_task("chess")
 
 
-def test_math_fast_paths_agree_with_math_verify_pairwise():
-    """Every shortcut in `answers_equivalent` must give math-verify's own verdict."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+# Answers for the math-verify parity tests: plain numbers, constants, expressions and malformed text ...
+MATH_PARITY_ANSWERS = [
+    "12", "-12", "12.0", "12.000001", r"\frac{24}{2}", "36/3", r"\frac{1}{3}", "0.333333", "0.3333",
+    "0.5", r"\frac{1}{2}", r"\sqrt{144}", r"\sqrt{2}", "1.414214", r"2\pi", r"\frac{\sqrt{3}}{2}",
+    "x^2 + 1", "(x+1)^2 - 2x", r"\text{12}", "12 + 0", r"\frac{1}{", "??",
+]  # fmt: skip
+# ... and the decorations models write around answers (units, percent signs, degree marks, text wrappers, thin
+# spaces, dollar signs, thousands separators, other scripts' digits), next to the bare values they decorate. The
+# first line is the quick sample; the whole list runs in the slow test.
+DECORATED_ANSWERS = [
+    r"12\%", r"12^\circ", r"\text{12 cm}", r"\$12", "12.", "١٢", r"50\%", "50", r"\sin^2 x + \cos^2 x", "1",
+    "12%", r"12^{\circ}", "12°", r"12\text{ cm}", r"12\,\text{cm}", "$12$", r"\mathrm{12}", r"12\mathrm{m}",
+    "12 meters", r"\textbf{12}", r"12\text{%}", ".5", r"12\,000", "12,000", "12000", "1{,}000", "1,000", "1000",
+    "0.12", r"\frac{12}{100}", r"\dfrac{1}{2}", r"\tfrac12", "1/2", "+12", "012", r"45^\circ", r"\frac{\pi}{4}",
+    r"\frac{x^2-1}{x-1} - x", r"\text{five}", "five",
+]  # fmt: skip
+DECORATED_SAMPLE = DECORATED_ANSWERS[:10]
 
-    from rsa.tasks.math import answers_equivalent
 
-    answers = [
-        "12", "-12", "12.0", "12.000001", r"\frac{24}{2}", "36/3", r"\frac{1}{3}", "0.333333", "0.3333",
-        "0.5", r"\frac{1}{2}", r"\sqrt{144}", r"\sqrt{2}", "1.414214", r"2\pi", r"\frac{\sqrt{3}}{2}",
-        "x^2 + 1", "(x+1)^2 - 2x", r"\text{12}", "12 + 0", r"\frac{1}{", "??",
-    ]  # fmt: skip
+def _math_verify_parses(answers):
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
     config = [LatexExtractionConfig(), ExprExtractionConfig()]
+    return {answer: parse(f"${answer}$", extraction_config=config) for answer in answers}
+
+
+def assert_math_verify_parity(answers) -> None:
+    """Every shortcut in `answers_equivalent` gives math-verify's own verdict on every ordered pair of `answers`.
+
+    Where math-verify cannot parse one side, the documented fallback applies instead: normalised text equality.
+    """
+    from math_verify import verify
+
+    from rsa.tasks.math import _normalise, answers_equivalent
+
+    parses = _math_verify_parses(answers)
     disagreements = []
     for gold in answers:
         for pred in answers:
-            g, p = parse(f"${gold}$", extraction_config=config), parse(f"${pred}$", extraction_config=config)
+            g, p = parses[gold], parses[pred]
             if g and p:
                 expected = bool(verify(g, p))
             else:
-                expected = " ".join(gold.split()) == " ".join(pred.split())
+                expected = _normalise(gold) == _normalise(pred) != ""
             if answers_equivalent(gold, pred) != expected:
                 disagreements.append((gold, pred, expected))
     assert not disagreements
+
+
+def test_math_fast_paths_agree_with_math_verify_pairwise():
+    assert_math_verify_parity(MATH_PARITY_ANSWERS + DECORATED_SAMPLE)
+
+
+@pytest.mark.slow
+def test_math_fast_paths_agree_with_math_verify_on_decorated_answers():
+    assert_math_verify_parity(MATH_PARITY_ANSWERS + DECORATED_ANSWERS)
+
+
+def test_math_direct_number_parse_is_math_verifys():
+    """The parses built without math-verify (plain numbers) are exactly math-verify's: value, type and string."""
+    from rsa.tasks.math import _parse_simple_number
+
+    spellings = [
+        *MATH_PARITY_ANSWERS, *DECORATED_ANSWERS, "-0", "00.5", "1.50", "-.5", "+.5", "12/ 4", "3/-4", "-3/4", "+3/4", "03/4",
+        r"\frac{-1}{2}", r"-\frac{1}{-2}", r"+\frac{1}{2}", r"\frac{4}{-2}", r"\frac { 1 } { 2 }", "1/0", "1e3",
+    ]  # fmt: skip
+    parses = _math_verify_parses(spellings)
+    built = {text: _parse_simple_number(text) for text in spellings}
+    assert sum(value is not None for value in built.values()) >= 20  # the shortcut is exercised
+    for text, value in built.items():
+        if value is not None:
+            expected = parses[text]
+            assert len(expected) == 2 and type(value[0]) is type(expected[0]), (text, value, expected)
+            assert value == tuple(expected), (text, value, expected)
+
+
+def test_reasoning_gym_scorer_parse_errors_on_model_answers_score_zero():
+    """prime_factorization's own scorer calls int() on the answer; garbage must score 0, not crash a reward."""
+
+    problem = generate_reasoning_gym(["prime_factorization"], 1, seed=0)[0]
+    task = get_task("rg")
+    assert task.score(f"<answer>{problem.answer}</answer>", problem) == 1.0
+    assert task.score("<answer>zzz wrong 0</answer>", problem) == 0.0

@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Hashable
 from functools import lru_cache
+from typing import Any
 
 from rsa.tasks.base import Problem, Task
 
@@ -21,7 +22,7 @@ _TIMEOUT_S = 5
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_INTEGER = re.compile(r"[+-]?\d+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: math-verify does not read other scripts' digits
 
 
 def last_boxed(text: str) -> str | None:
@@ -54,17 +55,20 @@ def _normalise(answer: str) -> str:
     return " ".join(s.split())
 
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+)")
-_SIMPLE_FRAC = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}")
-_SIMPLE_SLASH = re.compile(r"([+-]?)(\d+)\s*/\s*([+-]?\d+)")
+# Only the spellings whose math-verify parse is known exactly (tests/test_tasks.py checks each against it):
+# no spaces, no leading "." (math-verify adds a 0), digits on both sides of the point ("12." is the integer 12).
+_DECIMAL = re.compile(r"[+-]?[0-9]+\.[0-9]+")
+_SIMPLE_FRAC = re.compile(r"([+-]?)\\[dt]?frac\{([+-]?[0-9]+)\}\{([+-]?[0-9]+)\}")
+_SIMPLE_SLASH = re.compile(r"([+-]?[0-9]+)/([+-]?[0-9]+)")
 
 
 def _parse_simple_number(text: str) -> tuple | None:
-    """The parse math-verify gives a plain integer, decimal or integer fraction, built directly.
+    """math-verify's parse of a plain integer, decimal or integer fraction, built directly; else None.
 
-    Integers and fractions become sympy Integer/Rational, decimals a 15-digit Float (math-verify turns
-    a bare "0.5" into 1/2; the two compare identically except at the 1e-6 level). Anything else: None.
-    The LaTeX parser costs ~10 ms an answer; this costs microseconds.
+    The same (value, extracted string) pair math-verify returns: integers and fractions become sympy
+    Integer/Rational, decimals a 15-digit Float; "0.5", which math-verify rewrites as 1/2, and every
+    spelling whose parse is not known exactly are left to math-verify. The LaTeX parser costs ~10 ms an
+    answer; this costs microseconds.
     """
     import sympy
 
@@ -72,15 +76,23 @@ def _parse_simple_number(text: str) -> tuple | None:
         return None
     if _INTEGER.fullmatch(text):
         return (sympy.Integer(int(text)), text)
-    if _DECIMAL.fullmatch(text):
+    if _DECIMAL.fullmatch(text) and text != "0.5":
         return (sympy.Float(text, 15), text)
-    m = _SIMPLE_FRAC.fullmatch(text) or _SIMPLE_SLASH.fullmatch(text)
+    m = _SIMPLE_FRAC.fullmatch(text)
     if m:
         sign, num, den = m.groups()
         if int(den) == 0:
             return None
         value = sympy.Rational(int(num), int(den)) * (-1 if sign == "-" else 1)
-        return (value, text)
+        return (value, text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac"))
+    m = _SIMPLE_SLASH.fullmatch(text)
+    if m:
+        num, den = m.groups()
+        if int(den) == 0:
+            return None
+        # math-verify rewrites a canonical "a/b" (no "+", no leading zeros) as \frac{a}{b}
+        canonical = text == f"{int(num)}/{int(den)}"
+        return (sympy.Rational(int(num), int(den)), f"\\frac{{{num}}}{{{den}}}" if canonical else text)
     return None
 
 
@@ -139,21 +151,25 @@ def _classify(answer: str) -> tuple[str, object, complex | None]:
     """Classify an answer's parse for the fast equivalence paths: (kind, exact value, numeric value).
 
     kind is "num" (a plain sympy number), "const" (a closed-form constant such as sqrt(2) or 2*pi),
-    "symbolic" (an expression with free symbols that is not a bare symbol) or "other" (symbols from
-    `\\text{}`, sets, relations, matrices, unparseable text: left to math-verify).
+    "symbolic" (an expression with free symbols that is not a bare symbol; its numeric value is the
+    expression's at fixed generic points, None where it is undefined there) or "other" (symbols from
+    `\\text{}`, percentages, sets, relations, matrices, unparseable text: left to math-verify).
     """
-    from sympy import Basic, Number, Symbol
+    from sympy import Basic, Number, Symbol, UnevaluatedExpr
 
     parsed = parse_answer(answer)
     if len(parsed) != 2 or not isinstance(parsed[1], str) or not isinstance(parsed[0], Basic):
         return ("other", None, None)
     expr = parsed[0]
+    if expr.has(UnevaluatedExpr):
+        # a percentage ("12\\%" is 12 * UnevaluatedExpr(1/100)): math-verify also accepts its bare number
+        return ("other", None, None)
     if isinstance(expr, Number):
         return ("num", expr, None)
     if not (expr.is_Add or expr.is_Mul or expr.is_Pow):
         return ("other", None, None)
     if expr.free_symbols:
-        return ("other", None, None) if isinstance(expr, Symbol) else ("symbolic", None, None)
+        return ("other", None, None) if isinstance(expr, Symbol) else ("symbolic", None, _probe(expr))
     try:
         value = expr.doit()
         if isinstance(value, Number):
@@ -164,13 +180,37 @@ def _classify(answer: str) -> tuple[str, object, complex | None]:
     return ("const", value, approx)
 
 
+# Generic points (far from the small integers and simple fractions where expressions tend to vanish or blow up).
+_PROBE_POINTS = ((0.6180339887, 1.3247179572, 2.7182818285), (1.4142135624, 0.5772156649, 3.3598856662))
+
+
+def _probe(expr: Any) -> tuple[complex, ...] | None:
+    """Values of `expr` with its free symbols set to each of `_PROBE_POINTS`; None if one is not finite."""
+    import cmath
+
+    symbols = sorted(expr.free_symbols, key=str)
+    values = []
+    try:
+        for point in _PROBE_POINTS:
+            substitution = {symbol: point[i % len(point)] + i // len(point) for i, symbol in enumerate(symbols)}
+            value = complex(expr.subs(substitution).evalf(30))
+            if not cmath.isfinite(value):
+                return None
+            values.append(value)
+    except Exception:  # an expression sympy cannot evaluate there: no probe, math-verify decides
+        return None
+    return tuple(values)
+
+
 def _fast_verdict(gold: str, predicted: str) -> bool | None:
     """math-verify's verdict for `gold` vs `predicted` when it follows from their values; else None.
 
     Mirrors math-verify: two plain numbers are equal exactly (rationals) or after rounding to 6
-    decimals or with a zero difference (a float involved); a constant never equals an expression with
-    free symbols; two closed-form constants that differ numerically (beyond float rounding) are not. Equal extracted
-    strings are always equal. Everything else (near-equal constants, symbols, sets...) returns None.
+    decimals or with a zero difference (a float involved); two closed-form constants that differ
+    numerically (beyond float rounding) are not; a constant is not equal to an expression in free symbols
+    that differs from it clearly at a generic point (so the difference is not identically zero, which
+    math-verify's simplification would need). Equal extracted strings are always equal. Everything else
+    (near-equal values, percentages, symbols, sets...) returns None.
     """
     from sympy import Float, Rational
 
@@ -180,8 +220,20 @@ def _fast_verdict(gold: str, predicted: str) -> bool | None:
     if parse_answer(gold)[1].strip() == parse_answer(predicted)[1].strip():
         return True
     kinds = {g_kind, p_kind}
-    if "symbolic" in kinds and kinds != {"symbolic"}:
-        return False  # a constant never equals an expression in free symbols (math-verify agrees)
+    if "symbolic" in kinds:
+        if kinds == {"symbolic"}:
+            return None
+        # e.g. sin(x)^2 + cos(x)^2 equals 1 for math-verify: only a clear gap at a generic point decides "different"
+        if g_kind == "symbolic":
+            probe, kind, value, approx = g_approx, p_kind, p, p_approx
+        else:
+            probe, kind, value, approx = p_approx, g_kind, g, g_approx
+        constant = complex(value) if kind == "num" else approx
+        if probe is None or constant is None:
+            return None
+        if all(abs(at_point - constant) > 1e-3 * (1 + abs(constant)) for at_point in probe):
+            return False
+        return None
     if kinds == {"num"}:
         if isinstance(g, Rational) and isinstance(p, Rational):
             return bool(g == p)

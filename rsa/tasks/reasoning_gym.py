@@ -8,6 +8,7 @@ credit from a scorer is kept as is.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from functools import cache
@@ -21,6 +22,8 @@ _LOCK = threading.Lock()
 # Scorers that compare against tuple-valued metadata; JSON storage turns tuples into lists, so these
 # fields are turned back into nested tuples before scoring.
 _TUPLE_FIELDS = {"arc_agi": ("output",), "rearc": ("output",)}
+
+logger = logging.getLogger(__name__)
 
 
 def _as_tuples(value: Any) -> Any:
@@ -81,12 +84,22 @@ class ReasoningGymTask(Task):
         return last_answer_tag(completion)
 
     def score_extracted(self, extracted: str | None, problem: Problem) -> float:
-        """The Reasoning Gym task's `score_answer(extracted, entry)`, in [0, 1]."""
+        """The Reasoning Gym task's `score_answer(extracted, entry)`, in [0, 1].
+
+        Some task scorers parse the model's answer without guarding it (prime_factorization calls int() on
+        it); such a parse error on the answer text means an unusable answer and scores 0 (logged at debug
+        level). Bad entries are caught earlier, by `validate`.
+        """
         if extracted is None:
             return 0.0
         name = problem.meta["dataset_name"]
         entry = restore_entry(name, load_entry(problem.meta.get("entry"), f"problem {problem.id}"))
-        score = _scorer(name)(extracted, entry)
+        scorer = _scorer(name)
+        try:
+            score = scorer(extracted, entry)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError, ZeroDivisionError) as exc:
+            logger.debug("%s scorer rejected answer %r of problem %s: %r", name, extracted[:80], problem.id, exc)
+            return 0.0
         return float(score)
 
     def validate(self, problem: Problem, where: str) -> None:

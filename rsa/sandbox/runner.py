@@ -1,48 +1,6 @@
-"""Local sandbox that runs untrusted Python programs against test cases (LiveCodeBench style).
+"""Host side of the code sandbox: limits, test suites, the bwrap command, the run loop and output comparison.
 
-One call of `Sandbox.run(program, tests)` starts ONE fresh sandbox for the program. Inside it a small
-trusted harness (written by this module) forks a fresh child process per test case; the child runs the
-program (a stdin/stdout program, or a module whose `fn_name` is called with JSON arguments). The harness
-sends each child's raw output back to the parent; the PARENT compares it with the expected output. The
-expected outputs never enter the sandbox.
-
-Isolation modes (reported in `RunResult.mode`):
-
-* ``"bwrap"`` (default when bubblewrap works): the program runs as an unprivileged uid/gid with no
-  supplementary groups and no capabilities, inside `bwrap --unshare-user --disable-userns --unshare-all
-  --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --die-with-parent --clearenv --new-session`: a
-  read-only view of the host, a private size-limited /tmp as its only writable place (the working directory
-  /tmp/work starts empty and vanishes with the sandbox), its own PID/IPC/UTS/network namespaces (loopback
-  only), an empty environment and no way to create further user namespaces. /root, /home, the caller's
-  working directory and `hidden_paths` are covered by empty tmpfs mounts (the interpreter's own directories
-  are re-exposed read-only). As root, each concurrent sandbox gets its own unused uid (61000 + n, claimed
-  with a lock file so several processes never share one); an outer root bwrap builds that view, then
-  `setpriv` drops to the uid before the inner, unprivileged bwrap starts. As a normal user the program runs
-  under the caller's own uid (it cannot switch), in a single unprivileged bwrap with the same flags.
-* ``"rlimits"`` (fallback, logged as a WARNING): when bwrap or user namespaces are unavailable, the harness
-  runs as a plain subprocess with rlimits only, in an empty temporary directory, with a scrubbed
-  environment, as the dedicated unused uid when the caller is root (otherwise as the caller).
-
-Limits applied to every test process (both modes): CPU time (RLIMIT_CPU), wall time (the harness kills the
-test's process group, and in bwrap mode every sandbox process, at `timeout_s`; the parent kills the whole
-sandbox at the overall deadline), address space (RLIMIT_AS), process count (RLIMIT_NPROC), file size and
-therefore output size (RLIMIT_FSIZE; output beyond `max_output_bytes` fails the test), open files, no core
-dumps. Tests run in parallel over a bounded pool of `max_workers` sandboxes.
-
-What it protects against (bwrap mode): infinite loops, fork bombs, memory bombs, huge outputs, writes to
-the host file system, reading the parent's environment (tokens, keys), network access, signalling or
-ptracing the parent or any host process, host processes left behind, and tampering with the grading:
-`sys.exit(0)` before the tests, closing stdout, monkeypatching the in-sandbox harness, forging result
-records or returning objects with a rigged `__eq__` can only change what the program reports as ITS OWN
-output, and that output is compared against expected outputs the program never sees.
-
-What it does NOT protect against: kernel exploits (it is a namespace sandbox, not a VM; no seccomp filter);
-reading host files that are world-readable and not hidden (keep test data out of world-readable places or
-list them in `hidden_paths`); CPU/memory contention with the host within the limits; memory used by the
-private /tmp (bounded by `tmpfs_mb`, not counted in RLIMIT_AS); timing side channels. In "rlimits" mode
-there is NO file-system, network or PID isolation: the program can read what its uid can read, open
-network connections and write to world-writable places such as the host /tmp; run as the caller's uid
-(non-root fallback) it can also signal the caller. Use that mode only for trusted code.
+The package docstring (`rsa/sandbox/__init__.py`) states what the sandbox guarantees and what it does not.
 """
 
 from __future__ import annotations
@@ -56,6 +14,7 @@ import math
 import os
 import pwd
 import queue
+import re
 import selectors
 import shutil
 import signal
@@ -70,6 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache, partial
+from importlib import resources
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -119,6 +80,7 @@ class Limits:
     max_output_bytes: int = 16 << 20  # stdout size and any single file (RLIMIT_FSIZE)
     max_open_files: int = 256
     tmpfs_mb: int = 128  # size of the private /tmp (working directory + captured output) in bwrap mode
+    shm_mb: int = 16  # size of the private /dev/shm in bwrap mode; 0: /dev/shm is read-only (no shared memory)
     startup_s: float = 30.0  # allowance for the sandbox and the interpreter to start
 
     def __post_init__(self) -> None:
@@ -126,6 +88,8 @@ class Limits:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+        if not isinstance(self.shm_mb, int) or self.shm_mb < 0:
+            raise ValueError(f"Limits.shm_mb must be a non-negative integer, got {self.shm_mb!r}")
         if self.cpu_s is not None and self.cpu_s <= 0:
             raise ValueError(f"Limits.cpu_s must be positive or None, got {self.cpu_s!r}")
         if self.startup_s <= 0:
@@ -305,308 +269,10 @@ def result_matches(actual_json: str, expected: str) -> bool:
 
 
 # ----- the in-sandbox harness ---------------------------------------------------------------------------------
-# Trusted code written next to the spec and run by the sandbox's interpreter (`python -I -S`). It forks one child
-# per test; the child lowers its rlimits, redirects fds 0/1/2 to the test's files, closes every other fd, and
-# only then runs the untrusted program. The harness itself is made non-dumpable so children (same uid) can
-# neither ptrace it nor open its fds through /proc. It reports raw outputs over its stdout as frames
-# (a JSON header line, then `out` + `err` raw bytes); it never sees expected outputs.
-_HARNESS = r'''
-import json, os, resource, select, signal, sys, time
-
-MEMORY_EXIT, NO_RESULT_EXIT = 121, 123
-PRELUDE = """
-from string import *
-from re import *
-from datetime import *
-from collections import *
-from heapq import *
-from bisect import *
-from copy import *
-from math import *
-from random import *
-from statistics import *
-from itertools import *
-from functools import *
-from operator import *
-from io import *
-from sys import *
-from json import *
-from builtins import *
-from typing import *
-import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
-import itertools, functools, operator, io, sys, json, typing
-"""
-
-
-def write_all(data):
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view):]
-
-
-def frame(header, out=b"", err=b""):
-    header["out"], header["err"] = len(out), len(err)
-    write_all(json.dumps(header).encode() + b"\n" + out + err)
-
-
-def make_undumpable():
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE = 4
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
-
-
-def own_task_count():
-    uid, count = os.getuid(), 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/status" % name) as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if int(fields["Uid"].split()[0]) == uid:
-                count += int(fields.get("Threads", "1"))
-        except (OSError, KeyError, ValueError):
-            continue
-    return count
-
-
-def set_limits(spec, base_tasks):
-    def cap(res, value):
-        soft, hard = resource.getrlimit(res)
-        value = int(value)
-        if hard != resource.RLIM_INFINITY:
-            value = min(value, hard)
-        resource.setrlimit(res, (value, value))
-    cap(resource.RLIMIT_CORE, 0)
-    cap(resource.RLIMIT_NOFILE, spec["max_open_files"])
-    cap(resource.RLIMIT_FSIZE, spec["max_output_bytes"])
-    cap(resource.RLIMIT_NPROC, base_tasks + spec["max_processes"])
-    soft = int(spec["cpu_s"])
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 1))
-    cap(resource.RLIMIT_AS, spec["memory_bytes"])
-
-
-def finish():
-    import atexit, threading
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-
-
-def child(spec, i, base_tasks, setup_fd):
-    # Until `setup_fd` receives its byte, nothing untrusted has run: a child that exits without it failed to set
-    # up (an infrastructure error), which the program cannot fake because it only starts after the byte is sent.
-    try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.setpgid(0, 0)
-        fd_in = os.open(os.path.join(spec["spec_dir"], "in%d" % i), os.O_RDONLY)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        fd_out = os.open(os.path.join(spec["io_dir"], "out%d" % i), flags, 0o600)
-        fd_err = os.open(os.path.join(spec["io_dir"], "err%d" % i), flags, 0o600)
-        os.dup2(fd_in, 0)
-        os.dup2(fd_out, 1)
-        os.dup2(fd_err, 2)
-        os.closerange(3, setup_fd)
-        os.closerange(setup_fd + 1, os.sysconf("SC_OPEN_MAX"))
-        os.chdir(spec["work_dir"])
-        set_limits(spec, base_tasks)
-        import builtins
-        sys.stdin = sys.__stdin__ = open(0, "r", encoding="utf-8", closefd=False)
-        sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
-        sys.argv = ["solution.py"]
-        result_path = os.path.join(spec["io_dir"], "res%d" % i)
-        call = spec["fn_name"] is not None
-        with open(os.path.join(spec["spec_dir"], "solution.py"), encoding="utf-8") as f:
-            source = f.read()
-        if call:
-            with open(os.path.join(spec["spec_dir"], "in%d" % i), encoding="utf-8") as f:
-                arg_text = f.read()
-        os.write(setup_fd, b"1")
-        os.close(setup_fd)
-    except BaseException:
-        try:
-            import traceback
-            traceback.print_exc()
-        finally:
-            os._exit(1)
-    try:
-        namespace = {"__name__": "solution" if call else "__main__", "__builtins__": builtins, "__file__": "solution.py"}
-        exec(PRELUDE, namespace)
-        exec(compile(source, "solution.py", "exec"), namespace)
-        if call:
-            name = spec["fn_name"]
-            holder = namespace.get("Solution")
-            if isinstance(holder, type) and hasattr(holder, name):
-                fn = getattr(holder(), name)
-            elif callable(namespace.get(name)):
-                fn = namespace[name]
-            else:
-                raise NameError("the program defines neither Solution.%s nor a function %s" % (name, name))
-            args = [json.loads(line) for line in arg_text.split("\n") if line.strip()]
-            payload = json.dumps(fn(*args))
-            with open(result_path, "w", encoding="utf-8") as f:
-                f.write(payload)
-        finish()
-    except SystemExit as exc:
-        code = exc.code
-        if call:
-            os._exit(NO_RESULT_EXIT)
-        try:
-            if code is not None and not isinstance(code, int):
-                print(code, file=sys.stderr)
-            finish()
-        except BaseException:
-            os._exit(1)
-        os._exit(0 if code is None or code == 0 else (code if isinstance(code, int) and 0 < code < 256 else 1))
-    except MemoryError:
-        os._exit(MEMORY_EXIT)
-    except BaseException:
-        try:
-            import traceback
-            traceback.print_exc()
-            sys.stderr.flush()
-        except BaseException:
-            pass
-        os._exit(1)
-    os._exit(0)
-
-
-def wait_for(pid, timeout, kill_all):
-    deadline = time.monotonic() + timeout
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if pidfd is not None:
-            select.select([pidfd], [], [], remaining)
-        else:
-            time.sleep(min(remaining, 0.005))
-    if pidfd is not None:
-        os.close(pidfd)
-    if done:
-        return status, False
-    kill_rest(pid, kill_all)
-    return os.waitpid(pid, 0)[1], True
-
-
-def kill_rest(pgid, kill_all):
-    for target, sig in ((-pgid, signal.SIGKILL), (-1, signal.SIGKILL)):
-        if target == -1 and not (kill_all and os.getuid() != 0):
-            continue
-        try:
-            os.kill(target, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def reap():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def read_capped(path, limit, tail=False):
-    try:
-        with open(path, "rb") as f:
-            if tail:
-                size = os.fstat(f.fileno()).st_size
-                f.seek(max(0, size - limit))
-            data = f.read(limit + 1)
-        os.unlink(path)
-        return data
-    except FileNotFoundError:
-        return None
-
-
-def main():
-    spec_dir = sys.argv[1]
-    with open(os.path.join(spec_dir, "spec.json"), encoding="utf-8") as f:
-        spec = json.load(f)
-    spec["spec_dir"] = spec_dir
-    sys.path.extend(spec["site_dirs"])
-    import builtins
-    if not hasattr(builtins, "exit"):  # `python -S` has no site-provided exit()/quit()
-        builtins.exit = builtins.quit = sys.exit
-    make_undumpable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # test processes may signal the harness; it carries on
-    exec(PRELUDE, {})  # warm the imports every child needs
-    base_tasks = own_task_count()
-    frame({"ready": True, "uid": os.getuid(), "pid": os.getpid()})
-    limit = spec["max_output_bytes"]
-    for i in range(spec["n"]):
-        start = time.monotonic()
-        setup_r, setup_w = os.pipe()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            frame({"fatal": "cannot fork test %d: %s" % (i, exc)})
-            return
-        if pid == 0:
-            os.close(setup_r)
-            child(spec, i, base_tasks, setup_w)
-        os.close(setup_w)
-        status, timed_out = wait_for(pid, spec["timeout_s"], spec["kill_all"])
-        set_up = os.read(setup_r, 1) == b"1"
-        os.close(setup_r)
-        elapsed = time.monotonic() - start
-        kill_rest(pid, spec["kill_all"])
-        reap()
-        out = read_capped(os.path.join(spec["io_dir"], "out%d" % i), limit) or b""
-        err = read_capped(os.path.join(spec["io_dir"], "err%d" % i), 2000, tail=True) or b""
-        res = read_capped(os.path.join(spec["io_dir"], "res%d" % i), limit)
-        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        if not set_up and not timed_out:
-            frame({"fatal": "test %d could not be set up inside the sandbox" % i}, err=err[-2000:])
-            return
-        if timed_out or sig == signal.SIGXCPU:
-            verdict = "timeout"
-        elif len(out) >= limit or (res is not None and len(res) >= limit) or sig == signal.SIGXFSZ:
-            verdict = "output_limit"
-        elif sig == signal.SIGKILL:
-            verdict = "killed"
-        elif sig is not None:
-            verdict = "runtime_error"
-        elif code == MEMORY_EXIT:
-            verdict = "memory_limit"
-        elif code == NO_RESULT_EXIT:
-            verdict = "no_result"
-        elif code != 0:
-            if code == 1 and b"OSError: [Errno 27]" in err:
-                verdict = "output_limit"
-            else:
-                verdict = "runtime_error"
-        elif spec["fn_name"] is not None and res is None:
-            verdict = "no_result"
-        else:
-            verdict = "ok"
-        if verdict != "ok":
-            out = b""
-        elif spec["fn_name"] is not None:
-            out = res
-        frame({"i": i, "status": verdict, "exit": code, "signal": sig, "time_s": round(elapsed, 4)}, out[:limit], err[-2000:])
-    frame({"done": True})
-
-
-main()
-'''
+@lru_cache(maxsize=1)
+def harness_source() -> str:
+    """Text of the trusted harness (`rsa/sandbox/harness.py`), written into every sandbox and run there."""
+    return resources.files(__package__).joinpath("harness.py").read_text(encoding="utf-8")
 
 
 # ----- host-side helpers ---------------------------------------------------------------------------------------
@@ -726,6 +392,79 @@ def _id_in_use(uid: int) -> bool:
         return False
 
 
+# ----- leftovers of killed graders --------------------------------------------------------------------------------
+# A run's host folder is named rsa-sandbox-<pid>.<start time>-<random>, after the grading process that made it, and
+# that process holds an flock on it until it removes it. A folder whose owner is dead (the pid is gone, or now
+# belongs to a process that started at another time) and whose lock is free was left by a grader killed with -9.
+_HOST_DIR_PREFIX = "rsa-sandbox-"
+_HOST_DIR_NAME = re.compile(r"rsa-sandbox-(\d+)\.(\d+)-[A-Za-z0-9_]+")
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22), None if it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat_line = f.read()
+    except OSError:
+        return None
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _owner_tag() -> str:
+    """`<pid>.<start time>` of this process, the owner part of its sandbox folders' names."""
+    return f"{os.getpid()}.{_process_start_time(os.getpid()) or 0}"
+
+
+def _ours(info: os.stat_result) -> bool:
+    """Whether a folder with this stat was made by a grader of our uid (as root: also a sandbox uid's)."""
+    if info.st_uid == os.geteuid():
+        return True
+    return os.geteuid() == 0 and UID_BASE <= info.st_uid < UID_BASE + UID_COUNT
+
+
+def clean_leftovers(directory: str | None = None) -> list[str]:
+    """Remove sandbox folders in `directory` (default: the temp dir) left by graders that died; return them.
+
+    Only folders named by `Sandbox` runs, owned by us (or, as root, by a sandbox uid), whose owning process is
+    gone and whose lock no live process holds are removed: a concurrent grader's folders are never touched.
+    """
+    directory = directory or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _HOST_DIR_NAME.fullmatch(name)
+        if match is None:
+            continue
+        pid, started = int(match.group(1)), match.group(2)
+        if _process_start_time(pid) == started:
+            continue  # its owner is alive
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or not _ours(info):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live process (perhaps in another PID namespace) still uses it
+        try:
+            shutil.rmtree(path, onerror=partial(_leftover_error, path))
+            removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d sandbox folder(s) left by killed graders in %s", len(removed), directory)
+    return removed
+
+
 class _Slot:
     """One worker's identity: the uid its programs run as (a claimed unused uid when root)."""
 
@@ -815,6 +554,7 @@ class Sandbox:
         self._mode: str | None = None
         self._mode_reason = ""
         self._drop_ok: bool | None = None
+        clean_leftovers()
 
     # ----- public API -----------------------------------------------------------------------------------------
     @property
@@ -963,7 +703,7 @@ class Sandbox:
             # kill(-1) is safe only where every process this uid can signal belongs to this sandbox.
             "kill_all": inside or (slot.dedicated and drop),
         }
-        files = {"spec.json": json.dumps(spec), "harness.py": _HARNESS, "solution.py": program}
+        files = {"spec.json": json.dumps(spec), "harness.py": harness_source(), "solution.py": program}
         files.update({f"in{i}": text for i, text in enumerate(tests.inputs)})
         for name, text in files.items():
             with open(os.path.join(host_dir, name), "w", encoding="utf-8", errors="surrogatepass") as f:
@@ -1002,7 +742,12 @@ class Sandbox:
         if not slot.dedicated:
             # Unprivileged caller: one bwrap, same uid; hide the caller's private directories in it.
             inner += view
-        inner += ["--dev", "/dev", "--proc", "/proc"]
+        # bwrap's /dev is a tmpfs of half the host RAM, writable (/dev/shm included) and outside RLIMIT_AS: make it
+        # read-only, and give /dev/shm (POSIX shared memory, multiprocessing semaphores) its own capped tmpfs
+        inner += ["--dev", "/dev", "--remount-ro", "/dev"]
+        if sized and limits.shm_mb > 0:
+            inner += ["--size", str(int(limits.shm_mb) << 20), "--tmpfs", "/dev/shm"]
+        inner += ["--proc", "/proc"]
         inner += [*tmpfs_size, "--tmpfs", "/tmp"]
         # an interpreter installed under /tmp would vanish under the tmpfs: bind its own directories back,
         # read-only (only the interpreter's: the harness runs with -I -S and needs no site-packages)
@@ -1050,11 +795,15 @@ class Sandbox:
     ) -> RunResult:
         limits = limits or self.limits
         start = time.monotonic()
-        host_dir = tempfile.mkdtemp(prefix="rsa-sandbox-")
         drop = mode == "bwrap" or self._fallback_drops_uid(slot)
         uid = slot.uid if drop else os.getuid()
         detail = f"uid {uid}" + (" (dedicated)" if drop and slot.dedicated else " (caller's uid)")
+        host_dir = tempfile.mkdtemp(prefix=f"{_HOST_DIR_PREFIX}{_owner_tag()}-")
+        dir_lock: int | None = None
         try:
+            # held until the folder is removed: tells `clean_leftovers` in other processes that its owner is alive
+            dir_lock = os.open(host_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(dir_lock, fcntl.LOCK_EX)
             self._write_spec(program, tests, host_dir, mode, slot, limits)
             popen_kwargs: dict[str, Any] = {}
             if mode == "bwrap":
@@ -1084,6 +833,8 @@ class Sandbox:
             return result
         finally:
             shutil.rmtree(host_dir, onerror=_force_remove)
+            if dir_lock is not None:
+                os.close(dir_lock)
 
     def _collect(
         self,
@@ -1272,6 +1023,19 @@ def _force_remove(func, path, exc_info) -> None:  # noqa: ANN001 -- shutil.rmtre
         logger.warning("could not remove sandbox file %s", path)
 
 
+def _leftover_error(top: str, func, path, exc_info) -> None:  # noqa: ANN001 -- shutil.rmtree's onerror signature
+    """rmtree error handler for a dead grader's folder, whose program may still run and may race the removal.
+
+    As root, permissions never block the removal, so nothing is chmod-ed (a chmod follows symlinks a program
+    could plant); as a normal user the program has our own uid anyway, so the usual forced removal applies,
+    below the folder `top` only (never a chmod of the temp dir itself).
+    """
+    if os.geteuid() == 0 or path == top:
+        logger.warning("could not remove leftover sandbox file %s", path)
+        return
+    _force_remove(func, path, exc_info)
+
+
 # ----- shared default -------------------------------------------------------------------------------------------
 _DEFAULT: Sandbox | None = None
 _DEFAULT_LOCK = threading.Lock()
@@ -1288,16 +1052,3 @@ def default_sandbox() -> Sandbox:
                 max_workers=int(workers) if workers else None,
             )
         return _DEFAULT
-
-
-__all__ = [
-    "Limits",
-    "RunResult",
-    "Sandbox",
-    "SandboxError",
-    "TestOutcome",
-    "TestSuite",
-    "default_sandbox",
-    "result_matches",
-    "stdout_matches",
-]
