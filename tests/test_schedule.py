@@ -115,6 +115,24 @@ def test_async_and_barrier_give_identical_metrics_on_vllm(vllm_engine, tmp_path)
     assert len(lengths) > 1 or lengths == {24}
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_async_and_barrier_give_identical_records_against_a_vllm_server(vllm_server, tiny_model_dir, tmp_path):
+    from rsa.data import load_problems
+    from rsa.engines import make_engine
+
+    items = load_problems("rg:basic_arithmetic", limit=4)
+    for schedule in ("barrier", "async"):
+        engine = make_engine(
+            "openai", vllm_server.model, base_urls=vllm_server.url, tokenizer=tiny_model_dir, max_retries=1
+        )
+        config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=16, seed=9, schedule=schedule)
+        run_dir = RunDirectory(tmp_path / schedule)
+        run_dir.create(build_manifest({}, model="tiny", engine="openai", revision=None, problems=items, seed=9), items)
+        run_evaluation(engine, items, config, run_dir, progress=False)
+    assert records(tmp_path / "async") == records(tmp_path / "barrier")
+
+
 # ----- kill -9 of an async run, then --resume -----------------------------------------------------------------
 def eval_argv(url: str, out: Path, *extra: str) -> list[str]:
     return [
