@@ -5,7 +5,7 @@
 The engine is a FAKE that returns canned text immediately (no model), so everything timed is the
 loop's own work: drawing aggregation sets, deriving seeds, building aggregation prompts (with the
 context-budget check), answer extraction and scoring, and optionally the run-directory commit
-(population + per-problem files written atomically, metrics line appended). Target: < 50 us per
+(a pending line per finished (problem, step), then population + per-problem files written atomically and the metrics line appended per step). Target: < 50 us per
 aggregation request for the loop itself. Prints the figures; asserts nothing.
 """
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rsa.augment import CandidateConfig, MixConfig
-from rsa.loop import FINAL_RULES, METHODS, THINKING_MODES, LoopConfig
+from rsa.loop import FINAL_RULES, METHODS, SCHEDULES, THINKING_MODES, LoopConfig
 
 ENGINES = ("hf", "vllm", "openai")
 #: `max_new_tokens` when the model's context is unknown or large: the auto value is min(this, context // 2)
@@ -246,7 +246,27 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
     )
     out: str | None = field(default=None, metadata={"help": "run directory"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last completed step"})
-    progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: none)"})
+    progress: bool = field(
+        default=True, metadata={"help": "progress bar (--no-progress, or off a terminal: a log line every minute)"}
+    )
+    schedule: str = field(
+        default=_default(LoopConfig, "schedule"),
+        metadata={
+            "help": "async: each problem moves to its next step as soon as its population is complete; barrier: "
+            "one step at a time over all problems. Same results either way",
+            "choices": SCHEDULES,
+        },
+    )
+    allow_existing_dir: bool = field(
+        default=False,
+        metadata={"help": "start a run in a non-empty --out folder that holds no run (its other files are left alone)"},
+    )
+    repair: bool = field(
+        default=False,
+        metadata={
+            "help": "with --resume: rebuild a corrupt metrics.jsonl from the population files (old kept as .bad)"
+        },
+    )
     report_to: list[str] | None = field(
         default=None,
         metadata={
@@ -267,6 +287,9 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
         _check_choice("method", self.method, METHODS)
         _check_choice("final", self.final, FINAL_RULES)
         _check_choice("thinking", self.thinking, THINKING_MODES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if self.repair and not self.resume:
+            raise ValueError("--repair works on an existing run: pass it with --resume")
         self.check_engine_options()
         self.check_sampling()
         self.check_data()
@@ -286,6 +309,7 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             max_new_tokens=max_new_tokens or self.max_new_tokens,
             final=self.final,
             thinking=self.thinking,
+            schedule=self.schedule,
         )
 
 

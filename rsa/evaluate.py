@@ -33,10 +33,17 @@ class EvalPlan:
     manifest: dict | None  # None until max_new_tokens is known (it needs the engine's context)
     steps_done: int  # committed steps of the run being resumed
 
+    failures_done: int = 0  # failed requests in the committed steps (resume retries them)
+
     @property
     def complete(self) -> bool:
-        """Whether the run directory already holds every step (nothing to generate)."""
-        return self.config.resume and self.config.max_new_tokens is not None and self.steps_done >= self.num_steps
+        """Whether the run directory already holds every step without failed requests (nothing to generate)."""
+        return (
+            self.config.resume
+            and self.config.max_new_tokens is not None
+            and self.steps_done >= self.num_steps
+            and not self.failures_done
+        )
 
     @property
     def num_steps(self) -> int:
@@ -83,6 +90,8 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
             raise ValueError(f"{config.out} already holds a run; pass --resume to continue it or choose another --out")
     elif config.resume:
         raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
+    else:
+        run_dir.check_new(allow_existing=config.allow_existing_dir)  # not a folder of other files, unless asked
     plan = EvalPlan(config, problems, options, run_dir, manifest=None, steps_done=0)
     if config.max_new_tokens is not None:
         _set_manifest(plan)
@@ -100,7 +109,13 @@ def _set_manifest(plan: EvalPlan) -> None:
     )
     if config.resume:
         plan.run_dir.check_resumable(plan.manifest)
-        plan.steps_done = len(plan.run_dir.completed_steps())  # only once the run is known to match
+        # only once the run is known to match; --repair rebuilds metrics.jsonl from the population files first
+        loop_config = config.loop_config()
+        done = (
+            plan.run_dir.repair_metrics(plan.problems, loop_config) if config.repair else plan.run_dir.completed_steps()
+        )
+        plan.steps_done = len(done)
+        plan.failures_done = sum(s.get("failed_requests", 0) for s in done)
 
 
 def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
@@ -142,7 +157,7 @@ def _evaluate(plan: EvalPlan, engine: Any = None) -> list[dict]:
         loop_config = plan.config.loop_config()
         RSALoop(engine, plan.problems, loop_config).check_context()
         if not plan.config.resume:
-            plan.run_dir.create(plan.manifest, plan.problems)
+            plan.run_dir.create(plan.manifest, plan.problems, allow_existing=plan.config.allow_existing_dir)
         return run_evaluation(engine, plan.problems, loop_config, plan.run_dir, progress=plan.config.progress)
     finally:
         if owned:

@@ -10,6 +10,8 @@ generated token count):
   `rsa.voting`; ties go to the cluster formed first; a problem with no extracted answer scores 0),
   averaged over problems.
 * **Lengths**: generated tokens per member: mean, median and quartiles over all members of all problems.
+* **Failures**: members whose request failed after the engine's retries (`error` set); they score 0
+  and have no answer, and are counted per problem and per step (`failed_requests`).
 * **Diversity**: distinct answers per problem, i.e. the number of answer clusters (answers grouped by
   `Task.equivalence_key`, keys the task judges equivalent merged; missing answers not counted),
   averaged over problems; also the fraction of members without an extracted answer.
@@ -68,6 +70,7 @@ def problem_metrics(problem: Problem, population: Sequence[Scored]) -> dict:
         "majority_size": len(cluster.members) if cluster else 0,
         "distinct_answers": len(clusters),
         "missing_answers": sum(a is None for a in answers),
+        "failed_requests": sum(getattr(m, "error", None) is not None for m in population),
         "population": len(population),
         "mean_length": float(np.mean([m.num_tokens for m in population])),
     }

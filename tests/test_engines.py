@@ -315,3 +315,76 @@ def test_openai_engine_against_a_real_vllm_server(vllm_server, tiny_model_dir):
     assert engine.generate(conversations(4), params, seeds) == first  # the server honours per-request seeds
     with pytest.raises(EngineError, match="rejected request 0 with HTTP 404.*does not exist"):
         make_engine("openai", "no-such-model", base_urls=vllm_server.url).generate(conversations(1), params)
+
+
+# ----- stalled servers and the async path ------------------------------------------------------------------------
+def hung_listener() -> socket.socket:
+    """A socket that listens but never accepts: connections succeed and then hang, as a stalled server's do."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+def test_openai_routes_around_a_hung_server_within_seconds(caplog):
+    with hung_listener() as sock, FaultServer() as good:
+        hung = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        engine = fast_engine(
+            [hung, good.url], request_timeout=120.0, health_interval=0.2, health_failures=2, connect_timeout=0.5
+        )
+        started = time.monotonic()
+        with caplog.at_level("ERROR"):
+            out = engine.generate(conversations(6), SamplingParams(), seeds=list(range(6)))
+        assert time.monotonic() - started < 15.0  # not the 120 s request timeout
+    assert [g.text for g in out] == [f"seed={s} port={good.port}" for s in range(6)]
+    assert f"{hung} missed 2 health checks in a row" in caplog.text
+
+
+def test_openai_all_servers_hung_fails_naming_them():
+    with hung_listener() as sock:
+        hung = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        engine = fast_engine(hung, request_timeout=120.0, health_interval=0.2, health_failures=2, connect_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(EngineError, match=f"every server is down.*{hung}"):
+            engine.generate(conversations(2), SamplingParams())
+        assert time.monotonic() - started < 15.0
+
+
+def test_openai_async_path_matches_generate():
+    import asyncio
+
+    with FaultServer() as server:
+        engine = fast_engine(server.url)
+        batch = engine.generate(conversations(4), SamplingParams(), [5, 6, 7, 8])
+
+        async def one_by_one():
+            try:
+                return await asyncio.gather(
+                    *(engine.agenerate_one(c, SamplingParams(), s) for c, s in zip(conversations(4), [5, 6, 7, 8]))
+                )
+            finally:
+                await engine.aclose()
+
+        assert asyncio.run(one_by_one()) == batch
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_async_path_matches_generate(vllm_engine):
+    import asyncio
+
+    convs, seeds = conversations(5), [21, 22, 23, 24, 25]
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    batch = vllm_engine.generate(convs, params, seeds)
+
+    async def staggered():  # requests join the running batch at different engine steps
+        async def late(i):
+            await asyncio.sleep(0.01 * i)
+            return await vllm_engine.agenerate_one(convs[i], params, seeds[i])
+
+        try:
+            return await asyncio.gather(*(late(i) for i in range(5)))
+        finally:
+            await vllm_engine.aclose()
+
+    assert asyncio.run(staggered()) == batch

@@ -53,6 +53,12 @@ def run(config) -> int:
         return 1
     print(format_summary_table(summaries))
     print(f"run directory: {config.out}" + (" (already complete)" if was_complete else ""))
+    from rsa.runs import failure_summary
+
+    failures = failure_summary(summaries)
+    if failures:  # the run finished, but some requests failed after retries: exit 3, --resume retries them
+        print(f"rsa eval: {failures}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -1,7 +1,9 @@
 """The generation-engine interface shared by RSA evaluation, dataset augmentation and demos.
 
-An engine turns a batch of chat conversations into one completion each. Callers hand it a whole RSA
-step (all problems, all population slots) at once; the engine decides how to batch or stream.
+An engine turns a batch of chat conversations into one completion each (`generate`). Engines with an
+async path (`supports_async`: openai, vllm) also take requests one at a time while others run
+(`agenerate_one`), which the RSA loop's async schedule uses to keep them full; the hf engine has only
+the batched call.
 
 Seeds: request i is sampled with `seeds[i]` when `seeds` is given, else with `params.seed + i` when
 `params.seed` is set, else unseeded (see `request_seeds`). What a seed guarantees differs by engine
@@ -62,6 +64,8 @@ class Engine(ABC):
     """A generation backend. Subclasses: hf (transformers), vllm (offline LLM), openai (HTTP servers)."""
 
     name: str = ""
+    #: whether `agenerate_one` is implemented (requests submitted one by one while others run)
+    supports_async: bool = False
 
     @abstractmethod
     def generate(
@@ -80,6 +84,15 @@ class Engine(ABC):
     @abstractmethod
     def max_model_len(self) -> int:
         """The longest prompt plus completion, in tokens, the model accepts."""
+
+    async def agenerate_one(
+        self, conversation: Conversation, params: SamplingParams, seed: int | None = None
+    ) -> Generation:
+        """One completion, awaited while other requests run; EngineError when the request fails for good."""
+        raise NotImplementedError(f"engine {self.name or type(self).__name__} has no async path; use generate")
+
+    async def aclose(self) -> None:
+        """Release what `agenerate_one` bound to the running event loop (HTTP clients, background tasks)."""
 
     def close(self) -> None:
         """Release the engine's resources (processes, GPU memory, HTTP sessions)."""

@@ -1,5 +1,8 @@
 """Transformers generation engine: the CPU default, batched with left padding.
 
+No async path (`supports_async` is False): under the RSA loop's async schedule the hf engine keeps
+the barrier, one batched `generate` call per step, and the loop logs that it does.
+
 Requests are sorted by prompt length and run in micro-batches of `batch_size` through
 `model.generate`. Sampling (temperature, top_p) is done by our own logits processor with one
 `torch.Generator` per request, seeded from the request's seed, so every request draws from its own

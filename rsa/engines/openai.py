@@ -7,7 +7,16 @@ in flight, ties in turn), skipping URLs that failed in the last few seconds whil
 
 Retries: timeouts, connection errors, HTTP 429 and 5xx are retried with exponential backoff and
 full jitter (a 429's Retry-After is honoured up to `backoff_max`); other 4xx answers fail at once.
-When a request still fails, `generate` raises `EngineError` naming the URLs and the last error.
+When a request still fails, `generate` raises `EngineError` naming the URLs and the last error (the
+RSA loop, through `agenerate_one`, records that one request as failed and goes on).
+
+Stalled servers: while requests are in flight, a watchdog asks every URL's `/models` each
+`health_interval` seconds (30). A URL that misses `health_failures` (3) checks in a row is reported
+(logged as an error naming it) and routed around: its requests in flight are cancelled and retried on
+the other URLs, and it gets requests again once it answers. A URL with requests in flight that has
+completed none for `stall_warning` seconds (300) is reported too. So a dead or hung server is noticed
+within about 1.5 minutes, not after `request_timeout` (1800 s per attempt by default: room for a
+32k-token trace at 20 tokens/s).
 
 Guarantee: the per-request seed is sent as `seed`; whether it makes a completion reproducible is up
 to the server (vLLM honours it per request). Token counts come from the response's `usage`.
@@ -73,11 +82,13 @@ class OpenAIEngine(Engine):
     defaults to what the server's /models reports. `max_concurrency`: requests in flight at once,
     over all URLs. `max_retries`: retries per request after the first attempt. `backoff_base`,
     `backoff_max`: seconds. `request_timeout`: seconds to wait for one response; `connect_timeout`:
-    seconds to connect. `reasoning`: "separate", "strip" or "keep". `extra_body`: more JSON fields
+    seconds to connect. `health_interval`, `health_failures`, `stall_warning`: the stalled-server
+    watchdog (see the module docstring). `reasoning`: "separate", "strip" or "keep". `extra_body`: more JSON fields
     for every request (e.g. {"top_k": 20, "chat_template_kwargs": {"enable_thinking": False}}).
     """
 
     name = "openai"
+    supports_async = True
 
     def __init__(
         self,
@@ -91,8 +102,11 @@ class OpenAIEngine(Engine):
         max_retries: int = 6,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
-        request_timeout: float = 3600.0,
+        request_timeout: float = 1800.0,
         connect_timeout: float = 10.0,
+        health_interval: float = 30.0,
+        health_failures: int = 3,
+        stall_warning: float = 300.0,
         reasoning: str = "separate",
         extra_body: dict[str, Any] | None = None,
     ):
@@ -109,6 +123,11 @@ class OpenAIEngine(Engine):
         self.backoff_max = backoff_max
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
+        if health_interval <= 0 or health_failures < 1:
+            raise ValueError("health_interval must be > 0 and health_failures >= 1")
+        self.health_interval = health_interval
+        self.health_failures = health_failures
+        self.stall_warning = stall_warning
         self.reasoning = check_reasoning_mode(reasoning)
         self.extra_body = dict(extra_body or {})
         if "n" in self.extra_body:
@@ -128,9 +147,15 @@ class OpenAIEngine(Engine):
         # Load balancing state: requests in flight and the time until which a URL is avoided.
         self._in_flight = dict.fromkeys(self.base_urls, 0)
         self._avoid_until = dict.fromkeys(self.base_urls, 0.0)
+        # watchdog state: URLs taken to be down (since when), attempts in flight per URL, last completion
+        self._down: dict[str, float] = {}
+        self._attempts: dict[str, set[asyncio.Future]] = {u: set() for u in self.base_urls}
+        self._last_done = dict.fromkeys(self.base_urls, 0.0)
         self._turn = itertools.count()
         #: attempts that were retried during the last `generate` call (for logs and tests)
         self.last_retries = 0
+        # (event loop, HTTP client, semaphore) of `agenerate_one`, bound to the loop that made them
+        self._session_state: tuple[Any, Any, asyncio.Semaphore, asyncio.Task] | None = None
 
     def _load_tokenizer(self, path: str | None) -> Any:
         candidate = path or (self.model if Path(self.model).is_dir() else None)
@@ -203,23 +228,101 @@ class OpenAIEngine(Engine):
         timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
         async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers()) as client:
+            watchdog = asyncio.ensure_future(self._watch(client))
 
             async def one(index: int) -> Generation:
                 body = self._request_body(conversations[index], params, max_tokens[index], per_request[index])
                 async with semaphore:
-                    return await self._complete(client, body, index)
+                    return await self._complete(client, body, f"request {index}")
 
             tasks = [asyncio.ensure_future(one(i)) for i in range(len(conversations))]
             try:
                 results = await asyncio.gather(*tasks)
             finally:
                 # On the first failure, stop the requests still waiting or in flight.
-                for task in tasks:
+                for task in [*tasks, watchdog]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, watchdog, return_exceptions=True)
         if self.last_retries:
             logger.info("openai engine: %d completions, %d retried attempts", len(results), self.last_retries)
         return list(results)
+
+    async def agenerate_one(
+        self, conversation: Conversation, params: SamplingParams, seed: int | None = None
+    ) -> Generation:
+        """One completion while others run (at most `max_concurrency` in flight over all callers on this loop)."""
+        _, client, semaphore, _ = self._session()
+        try:
+            max_tokens = self._max_tokens([conversation], params)[0]
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+        body = self._request_body(conversation, params, max_tokens, seed)
+        async with semaphore:
+            return await self._complete(client, body, "request" if seed is None else f"request (seed {seed})")
+
+    async def aclose(self) -> None:
+        """Close the HTTP client `agenerate_one` opened on the running event loop."""
+        state, self._session_state = self._session_state, None
+        if state is not None and state[0] is asyncio.get_running_loop():
+            state[3].cancel()
+            await asyncio.gather(state[3], return_exceptions=True)
+            await state[1].aclose()
+
+    def _session(self) -> tuple[Any, Any, asyncio.Semaphore, asyncio.Task]:
+        import httpx
+
+        loop = asyncio.get_running_loop()
+        if self._session_state is None or self._session_state[0] is not loop:
+            timeout = httpx.Timeout(self.request_timeout, connect=self.connect_timeout)
+            limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+            client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers())
+            watchdog = asyncio.ensure_future(self._watch(client))
+            self._session_state = (loop, client, asyncio.Semaphore(self.max_concurrency), watchdog)
+        return self._session_state
+
+    # ----- stalled servers ---------------------------------------------------------------------
+    async def _healthy(self, client: Any, url: str) -> bool:
+        import httpx
+
+        try:
+            response = await client.get(f"{url}/models", timeout=min(self.health_interval, self.connect_timeout))
+        except httpx.HTTPError:
+            return False
+        return response.status_code < 500
+
+    async def _watch(self, client: Any) -> None:
+        """Health-check the URLs while requests are in flight; route around those that stop answering."""
+        misses = dict.fromkeys(self.base_urls, 0)
+        while True:
+            await asyncio.sleep(self.health_interval)
+            now = time.monotonic()
+            for url in self.base_urls:
+                if not self._in_flight[url] and url not in self._down:
+                    misses[url] = 0
+                    continue
+                if self._in_flight[url] and self._last_done[url] and now - self._last_done[url] > self.stall_warning:
+                    logger.warning(
+                        "openai engine: %s has %d requests in flight and completed none for %.0f s",
+                        url, self._in_flight[url], now - self._last_done[url],
+                    )  # fmt: skip
+                    self._last_done[url] = now  # warn once per period
+                if await self._healthy(client, url):
+                    if url in self._down:
+                        logger.warning("openai engine: %s answers again; sending it requests", url)
+                        del self._down[url]
+                    misses[url] = 0
+                    continue
+                misses[url] += 1
+                if misses[url] >= self.health_failures and url not in self._down:
+                    self._down[url] = now
+                    attempts = list(self._attempts[url])
+                    logger.error(
+                        "openai engine: %s missed %d health checks in a row (%.0f s): taken as down; its %d "
+                        "request(s) in flight are retried on the other URLs",
+                        url, misses[url], misses[url] * self.health_interval, len(attempts),
+                    )  # fmt: skip
+                    for attempt in attempts:
+                        attempt.cancel()
 
     # ----- requests ------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
@@ -259,9 +362,12 @@ class OpenAIEngine(Engine):
     def _pick_url(self, avoid: str | None) -> str:
         """Least-loaded URL among those not recently failing (and not `avoid`, when there is a choice)."""
         now = time.monotonic()
-        candidates = [u for u in self.base_urls if self._avoid_until[u] <= now and u != avoid]
+        up = [u for u in self.base_urls if u not in self._down]
+        if not up:
+            raise _RetryableError(f"every server is down (no answer to health checks): {', '.join(sorted(self._down))}")
+        candidates = [u for u in up if self._avoid_until[u] <= now and u != avoid]
         if not candidates:
-            candidates = [u for u in self.base_urls if u != avoid] or list(self.base_urls)
+            candidates = [u for u in up if u != avoid] or up
         start = next(self._turn) % len(candidates)
         rotated = candidates[start:] + candidates[:start]
         return min(rotated, key=lambda u: self._in_flight[u])
@@ -273,35 +379,45 @@ class OpenAIEngine(Engine):
             delay = max(delay, min(retry_after, self.backoff_max))
         return delay
 
-    async def _complete(self, client: Any, body: dict[str, Any], index: int) -> Generation:
+    async def _complete(self, client: Any, body: dict[str, Any], label: str) -> Generation:
         """Send one request with retries; return its Generation or raise EngineError."""
         errors: list[str] = []
         url: str | None = None
         for attempt in range(self.max_retries + 1):
-            url = self._pick_url(avoid=url if errors else None)
             try:
-                return await self._attempt(client, url, body, index)
+                url = self._pick_url(avoid=url if errors else None)
+                return await self._attempt(client, url, body, label)
             except _RetryableError as exc:
                 errors.append(str(exc))
-                self._avoid_until[url] = time.monotonic() + min(self.backoff_max, self.backoff_base * 2**attempt)
+                if url is not None:
+                    self._avoid_until[url] = time.monotonic() + min(self.backoff_max, self.backoff_base * 2**attempt)
                 if attempt == self.max_retries:
                     break
                 self.last_retries += 1
                 delay = self._backoff(attempt, exc.retry_after)
-                logger.debug("request %d: %s; retry %d in %.2f s", index, exc, attempt + 1, delay)
+                logger.debug("%s: %s; retry %d in %.2f s", label, exc, attempt + 1, delay)
                 await asyncio.sleep(delay)
         raise EngineError(
-            f"request {index} failed after {len(errors)} attempt(s) against {', '.join(self.base_urls)}; "
+            f"{label} failed after {len(errors)} attempt(s) against {', '.join(self.base_urls)}; "
             f"last error: {errors[-1]}"
         )
 
-    async def _attempt(self, client: Any, url: str, body: dict[str, Any], index: int) -> Generation:
+    async def _attempt(self, client: Any, url: str, body: dict[str, Any], label: str) -> Generation:
         import httpx
 
         endpoint = f"{url}/chat/completions"
         self._in_flight[url] += 1
+        if not self._last_done[url]:
+            self._last_done[url] = time.monotonic()
+        post = asyncio.ensure_future(client.post(endpoint, json=body))
+        self._attempts[url].add(post)
         try:
-            response = await client.post(endpoint, json=body)
+            response = await post
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller was cancelled
+            raise _RetryableError(f"{endpoint}: server taken as down (no answer to health checks)") from None
         except httpx.TimeoutException as exc:
             raise _RetryableError(f"{endpoint}: timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -310,19 +426,21 @@ class OpenAIEngine(Engine):
             ) from exc
         finally:
             self._in_flight[url] -= 1
+            self._attempts[url].discard(post)
+            if not post.done():
+                post.cancel()
+        self._last_done[url] = time.monotonic()
         status = response.status_code
         if status == 429 or status >= 500 or status in _RETRY_STATUS:
             raise _RetryableError(
                 f"{endpoint}: HTTP {status} {response.text[:200]!r}", retry_after=_retry_after(response)
             )
         if status != 200:
-            raise EngineError(f"{endpoint} rejected request {index} with HTTP {status}: {response.text[:1000]}")
+            raise EngineError(f"{endpoint} rejected {label} with HTTP {status}: {response.text[:1000]}")
         try:
             return self._parse(response.json())
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EngineError(
-                f"{endpoint} answered request {index} with an unexpected body: {response.text[:500]}"
-            ) from exc
+            raise EngineError(f"{endpoint} answered {label} with an unexpected body: {response.text[:500]}") from exc
 
     def _parse(self, data: dict[str, Any]) -> Generation:
         choice = data["choices"][0]

