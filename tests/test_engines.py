@@ -204,6 +204,23 @@ def test_openai_spreads_load_and_routes_around_a_dead_url():
         assert all(g.text.endswith(f"port={a.port}") for g in out)
 
 
+def test_openai_avoids_a_failing_url_for_its_window_then_tries_it_again():
+    with FaultServer(["500"] * 100) as bad, FaultServer(delay=0.02) as good:
+        # a failure keeps its URL out of rotation for min(backoff_max, backoff_base * 2**attempt) = 1.0 s here
+        engine = fast_engine([bad.url, good.url], max_retries=4, backoff_base=1.0, backoff_max=1.0)
+        out = engine.generate(conversations(8), SamplingParams(), list(range(8)))
+        assert all(g.text == f"seed={s} port={good.port}" for s, g in enumerate(out))
+        first = len(bad.requests)
+        # only the first routing reached the failing URL (least-loaded: at most half of 8); no retry went back
+        assert 1 <= first <= 4, first
+        assert engine.last_retries == first
+        engine.generate(conversations(4), SamplingParams(), list(range(4)))  # inside the window: avoided
+        assert len(bad.requests) == first
+        time.sleep(1.2)
+        engine.generate(conversations(4), SamplingParams(), list(range(4)))  # window over: tried again
+        assert len(bad.requests) > first
+
+
 def test_openai_concurrency_limit():
     with FaultServer(delay=0.1) as server:
         fast_engine(server.url, max_concurrency=3).generate(conversations(12), SamplingParams())
