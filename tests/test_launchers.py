@@ -110,6 +110,21 @@ def wait_gone(check, timeout: float = 15.0) -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def _kill_leftovers(tmp_path):
+    """After each test, end every process group that a launcher run of this test left behind (a failed test).
+
+    A group counts as this test's only while its leader's environment names tmp_path (group ids are reused)."""
+    yield
+    for pid_file in tmp_path.rglob("*.pid"):
+        try:
+            pgid = int(pid_file.read_text())
+            if str(tmp_path).encode() in Path(f"/proc/{pgid}/environ").read_bytes():
+                os.killpg(pgid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
 class MultiNode:
     """One run of launch/multi_node.sh with LAUNCHER=local on 127.0.0.1."""
 
