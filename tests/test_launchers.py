@@ -517,3 +517,18 @@ def test_single_node_sbatch_under_stub_slurm(tmp_path):
                             cwd=tmp_path / "submit", env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert shlex.split(result.stdout)[1:6] == ["launch", "--config_file", str(zero2), "--num_processes", "4"]
+
+
+# ----- every shell launcher parses; gpu_check.sh refuses a machine without CUDA ---------------------------------
+@pytest.mark.parametrize("script", sorted(LAUNCH.glob("*.sh")), ids=lambda p: p.name)
+def test_shell_launchers_parse(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(bool(__import__("shutil").which("nvidia-smi")), reason="checks the refusal on a CPU machine")
+def test_gpu_check_refuses_a_machine_without_cuda(tmp_path):
+    result = subprocess.run(["bash", str(LAUNCH / "gpu_check.sh")], env={**os.environ, "OUT": str(tmp_path),
+                            "PYTHON": sys.executable}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    assert "FAIL environment" in result.stdout and "torch.cuda.is_available() is False" in result.stderr
