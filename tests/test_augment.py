@@ -36,12 +36,12 @@ from rsa.augment import (
 )
 from rsa.cli import main as rsa_main
 from rsa.data import generate_reasoning_gym
-from rsa.loop import TRUNCATION_MARKER
+from rsa.fitting import TRUNCATION_MARKER
 from rsa.rewards import reward_task
 from rsa.tasks import Problem
 
 FORMAT_COLUMNS = [
-    "prompt", "task", "answer", "dataset_name", "entry", "tests", "kind", "problem_id", "k", "candidate_ids",
+    "prompt", "task", "answer", "dataset_name", "entry", "options", "tests", "kind", "problem_id", "k", "candidate_ids",
     "candidate_scores", "majority_correct", "mean_candidate_accuracy", "reference_model", "seed",
 ]  # fmt: skip
 ADDED_COLUMNS = ["set_class", "truncated_candidates", "prompt_tokens"]
@@ -89,7 +89,7 @@ def build_args(model: str, out: Path, *extra: str) -> list[str]:
     return [
         "augment", "--model", model, "--engine", "hf", "--dtype", "float32", "--dataset", "rg:basic_arithmetic",
         "--size", "6", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "24",
-        "--max-model-len", "512", "--max-completion-length", "16", "--shard-size", "2", "--batch-size", "1",
+        "--train-context-len", "512", "--max-completion-length", "16", "--shard-size", "2", "--batch-size", "1",
         "--out", str(out), "--no-progress", *extra,
     ]  # fmt: skip
 
@@ -142,13 +142,13 @@ def test_error_problems_without_gold_answers(tiny_model_dir, tmp_path, capsys):
 def test_error_budget_too_small_for_the_question(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = build_args(tiny_model_dir, out)
-    args[args.index("--max-model-len") + 1] = "60"
+    args[args.index("--train-context-len") + 1] = "60"
     assert rsa_main(args) == 2
     err = capsys.readouterr().err
     assert "problem 'rg-basic_arithmetic-0-" in err and "plain prompt has" in err and "> max_model_len 60" in err
     assert not out.exists()
     # the aggregation prompt (K candidates cut to the marker) must fit too
-    args[args.index("--max-model-len") + 1] = "200"
+    args[args.index("--train-context-len") + 1] = "200"
     assert rsa_main(args) == 2
     assert "aggregation prompt with 2 candidate(s)" in capsys.readouterr().err
 

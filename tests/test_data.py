@@ -127,3 +127,35 @@ def test_supergpqa_rows_use_the_answer_letter(tmp_path):
     path.write_text(json.dumps(row) + "\n")
     (problem,) = load_problems(str(path), task="mcq")
     assert problem.answer == "B" and "B. Argon" in problem.question
+
+
+# ----- exact JSONL ---------------------------------------------------------------------------------------------
+def test_jsonl_loaders_split_on_newline_only_and_name_bad_lines(tmp_path):
+    from rsa.tasks.code import load_livecodebench
+
+    path = tmp_path / "odd.jsonl"
+    rows = [{"question": "A\u2028B\u0085C?", "answer": "1", "task": "math"}, {"question": "D?", "answer": "2"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    first, second = load_problems(str(path))
+    assert first.question.startswith("A\u2028B\u0085C?") and second.id == "odd-2"
+
+    path.write_bytes(b'{"question": "q", "answer": "1"}\n{"question": "\xff", "answer": "1"}\n')
+    with pytest.raises(ValueError, match=r"odd\.jsonl: line 2: invalid UTF-8"):
+        load_problems(str(path))
+    path.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": ["1"]}\n')
+    with pytest.raises(ValueError, match=r"odd\.jsonl: line 2: field 'answer' must be text or a number, got list"):
+        load_problems(str(path))
+
+    record = {
+        "question_title": "Echo", "question_content": "Print the line\u2028as is.", "platform": "atcoder",
+        "question_id": "x1", "contest_id": "c", "contest_date": "2024-08-03T00:00:00", "starter_code": "",
+        "difficulty": "easy", "metadata": "{}", "private_test_cases": "",
+        "public_test_cases": json.dumps([{"input": "a\n", "output": "a\n", "testtype": "stdin"}]),
+    }  # fmt: skip
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps(record, ensure_ascii=False) + "\n", encoding="utf-8")
+    (problem,) = load_livecodebench(lcb, include_private=False)
+    assert "line\u2028as is." in problem.question
+    lcb.write_bytes(lcb.read_bytes() + b"\xc3\n")
+    with pytest.raises(ValueError, match=r"lcb\.jsonl: line 2: invalid UTF-8"):
+        load_livecodebench(lcb, include_private=False)

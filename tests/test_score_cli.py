@@ -48,3 +48,50 @@ def test_score_console_script_missing_input(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "nope.jsonl does not exist" in proc.stderr
+
+
+# ----- exact JSONL (one test per finding, through the real CLI) -----------------------------------------------
+def test_score_keeps_u2028_and_u0085_inside_one_record(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    odd = "first\u2028second\u0085third \\boxed{4}"
+    records = [{"task": "math", "completion": odd, "answer": "4"}, {"task": "math", "answer": "1"}]
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rsa.cli", "score", "--input", str(src), "--output", str(dst)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "in.jsonl: line 2: field 'completion' is missing" in proc.stderr  # numbering not shifted
+    (out,) = [json.loads(line) for line in dst.read_text(encoding="utf-8").split("\n") if line]
+    assert out["completion"] == odd and out["score"] == 1.0
+
+
+def test_score_names_the_line_with_invalid_utf8(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    good = json.dumps({"task": "math", "completion": "\\boxed{2}", "answer": "2"}).encode()
+    src.write_bytes(good + b"\n" + b'{"task": "math", "completion": "\xff\xfe", "answer": "2"}\n' + good + b"\n")
+    assert main(["score", "--input", str(src), "--output", str(dst)]) == 1
+    assert "in.jsonl: line 2: invalid UTF-8" in capsys.readouterr().err
+    assert [json.loads(line)["score"] for line in dst.read_text().splitlines()] == [1.0, 1.0]
+
+
+def test_score_refuses_output_equal_to_input(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [{"task": "math", "completion": "\\boxed{2}", "answer": "2"}, "{bad json"])
+    before = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    same = tmp_path / "sub" / ".." / "in.jsonl"  # the same file, spelled differently
+    assert main(["score", "--input", str(src), "--output", str(same)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+def test_score_rejects_a_list_valued_answer_with_its_line(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [
+        {"task": "math", "completion": "\\boxed{[1, 2]}", "answer": [1, 2]},
+        {"task": "math", "completion": "\\boxed{3}", "answer": 3},
+    ])  # fmt: skip
+    assert main(["score", "--input", str(src), "--output", str(dst)]) == 1
+    assert "in.jsonl: line 1: field 'answer' must be text or a number, got list" in capsys.readouterr().err
+    assert [json.loads(line)["score"] for line in dst.read_text().splitlines()] == [1.0]

@@ -12,7 +12,7 @@ import pytest
 
 from rsa.tasks import get_task
 from rsa.tasks.toy import generate_problems, noisy_solution, numbers_of, solution
-from rsa.toy import PretrainConfig, pretraining_example
+from rsa.toyworld import PretrainConfig, pretraining_example
 
 TOY = get_task("toy")
 
@@ -54,12 +54,16 @@ def test_aggregation_prompt_targets_copy_one_candidate():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a few minutes alone; a shared 2-core machine can take several times longer
 def test_quick_demo_runs_every_stage(tmp_path):
-    """`rsa demo --quick`: pre-training, rsa augment, two GRPO arms, RSA evals, report, summary."""
+    """`rsa demo --quick`: pre-training, the augmented dataset, two GRPO arms, RSA evals, report, summary."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, timeout=2400)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pre-training the toy base model" in proc.stderr  # the stages log to stderr, the table goes to stdout
+    assert "-m rsa.train --config" in proc.stderr and "/rsa/resources/recipes/toy_grpo.yaml" in proc.stderr
+    assert "| agg | 1234 |" in proc.stdout
     assert json.loads((out / "models" / "base" / "toy_pretrain.json").read_text())["final_loss"] < 3.0
     agg_rows = out / "data" / "agg" / "train.parquet"
     assert agg_rows.is_file()
@@ -78,5 +82,5 @@ def test_quick_demo_runs_every_stage(tmp_path):
     again = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "pre-training the toy base model" not in again.stdout
+    assert "pre-training the toy base model" not in again.stderr and "training standard" not in again.stderr
     assert Path(out / "summary.md").read_text() == summary

@@ -3,7 +3,7 @@
 Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains a
 standard-RL arm and an aggregation-aware arm with GRPO (same steps and batch), evaluates base and both
 arms with RSA on held-out problems, and writes the report (table + Pass@1/Pass@N/majority-vs-step
-plots). See rsa/toyworld.py for the stages and the folder layout. Running it again resumes.
+plots). See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run or resume the toy world under `args.out`."""
+    """Run or resume the toy world under `args.out`; prints the summary table."""
     from rsa.toyworld import ToyWorldConfig, run_toy_world
 
     config = ToyWorldConfig.quick() if args.quick else ToyWorldConfig.full()
     if args.seeds:
         config.eval_seeds = tuple(args.seeds)
-    run_toy_world(args.out, config)
+    print(run_toy_world(args.out, config))
+    print(f"plots: {args.out / 'report'}")
     return 0

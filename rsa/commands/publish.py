@@ -2,11 +2,14 @@
 
     rsa eval --model outputs/qwen3_4b_agg/checkpoint-200 --dataset hmmt25 --out runs/ckpt200-hmmt25
     rsa publish outputs/qwen3_4b_agg/checkpoint-200 --runs runs/ckpt200-hmmt25 --repo-id me/qwen3-4b-agg --dry-run
+    rsa publish outputs/qwen3_4b_agg/checkpoint-200 --runs runs/ckpt200-hmmt25 --repo-id me/qwen3-4b-agg \\
+        --revision step-200 --private
 
 builds the upload folder (default: hub-<checkpoint name> next to the checkpoint): the model files without
-optimizer state, README.md (model card: RSA table per run and step, plot, training settings) and eval/.
-Without --dry-run the folder is pushed to the Hugging Face Hub; a token is required (`hf auth login`,
-HF_TOKEN or --token).
+optimizer state (JSON metadata with local paths cut to folder names), README.md (model card: metadata with
+base_model, datasets and model-index results; a compact RSA table, plot, full tables, training settings)
+and eval/. Without --dry-run the folder is pushed to the Hugging Face Hub (to the branch --revision if
+given); a token is required (`hf auth login`, HF_TOKEN or --token) and the Hub must be online.
 """
 
 from __future__ import annotations
@@ -33,7 +36,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="write the folder and model card only; push nothing")
     p.add_argument("--private", action="store_true", help="create the repository as private")
-    p.add_argument("--revision", help="branch to push to (created if missing; default: main)")
+    p.add_argument("--revision", help="branch to push to, e.g. step-500 (created if missing; default: main)")
+    p.add_argument(
+        "--base-model",
+        help="Hub id of the base model, when training started from a local copy (default: from rsa_training.json)",
+    )
+    p.add_argument(
+        "--dataset-id",
+        action="append",
+        metavar="REPO",
+        help="Hub id of a training dataset for the card's `datasets:` (repeatable; default: from rsa_training.json)",
+    )
     p.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
     p.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)
@@ -41,23 +54,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the folder; push it unless --dry-run."""
-    from rsa.publish import prepare_folder, push_folder, resolve_token
+    from rsa.hub import check_can_push
+    from rsa.publish import prepare_folder, push_folder
 
     checkpoint = args.checkpoint.resolve() if args.checkpoint.exists() else args.checkpoint
     out = args.out or checkpoint.parent / f"hub-{checkpoint.name}"
-    token = None
-    if not args.dry_run:  # refuse before doing any work
-        token = resolve_token(args.token)
-        if not token:
-            raise ValueError(
-                "no Hugging Face token: log in with `hf auth login`, set HF_TOKEN, or pass --token; "
-                "use --dry-run to only write the folder and model card"
-            )
-    folder = prepare_folder(args.checkpoint, args.runs, out, args.repo_id, license=args.license)
+    token = None if args.dry_run else check_can_push(args.token)  # refuse before doing any work
+    folder = prepare_folder(
+        args.checkpoint,
+        args.runs,
+        out,
+        args.repo_id,
+        license=args.license,
+        base_model=args.base_model,
+        datasets=args.dataset_id,
+        revision=args.revision,
+    )
     print(f"model card: {folder / 'README.md'}")
     if args.dry_run:
         print(f"dry run: nothing pushed; the folder {folder} is what would be uploaded to {args.repo_id}")
         return 0
-    url = push_folder(folder, args.repo_id, token, private=args.private, revision=args.revision)
+    url = push_folder(
+        folder,
+        args.repo_id,
+        token,
+        private=args.private,
+        revision=args.revision,
+        commit_message="Upload checkpoint with RSA evaluation (rsa publish)",
+    )
     print(f"pushed: {url}")
     return 0

@@ -2,7 +2,8 @@
 
 Each input line holds `task` (math, rg, mcq, code), `completion`, `answer` (gold) and the task's own
 fields (`dataset_name` + `entry` for Reasoning Gym, `tests` for code). Each output line is the input
-plus `extracted` and `score`. Bad lines are reported by line number and skipped; the rest are graded.
+plus `extracted` and `score`. Bad lines (invalid UTF-8 or JSON, missing or wrong-typed fields) are reported by
+their 1-based line number and skipped; the rest are graded. The output may not be the input file.
 The output is written to a temporary file and renamed into place, so it is never half-written.
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from rsa.tasks import Problem, get_task
+from rsa.jsonl import read_records
+from rsa.rows import row_to_problem
+from rsa.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -32,49 +36,40 @@ def grade_line(record: Any, where: str) -> dict:
         if field not in record:
             raise ValueError(f"{where}: field {field!r} is missing")
     if not isinstance(record["completion"], str):
-        raise ValueError(f"{where}: field 'completion' must be a string")
-    try:
-        task = get_task(str(record["task"]))
-    except ValueError as exc:
-        raise ValueError(f"{where}: field 'task': {exc}") from None
-    answer = record.get("answer")
-    meta = {k: v for k, v in record.items() if k not in _RESERVED}
-    if isinstance(meta.get("entry"), str):
-        from rsa.tasks.reasoning_gym import load_entry
-
-        meta["entry"] = load_entry(meta["entry"], where)
-    problem = Problem(
-        id=str(record.get("id", where)),
-        task=task.name,
-        question="",
-        answer=None if answer is None else str(answer),
-        meta=meta,
-    )
-    task.validate(problem, where)
+        raise ValueError(f"{where}: field 'completion' must be a string, got {type(record['completion']).__name__}")
+    meta_fields = [k for k in record if k not in _RESERVED]
+    problem = row_to_problem(record, where, default_id=where, meta_fields=meta_fields)
+    task = get_task(problem.task)
     extracted = task.extract(record["completion"])
     return {**record, "extracted": extracted, "score": task.score_extracted(extracted, problem)}
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
 def score_file(input_path: Path, output_path: Path) -> tuple[int, list[str]]:
-    """Grade every line of `input_path` into `output_path` atomically; returns (graded count, errors)."""
+    """Grade every line of `input_path` into `output_path` atomically; returns (graded count, errors).
+
+    Lines are split on `\\n` only and decoded one by one (`rsa.jsonl`), so bad lines are named by their
+    1-based line number and skipped. ValueError before any work when the output would overwrite the input.
+    """
     from rsa.runs import write_text_atomic
 
     if not input_path.exists():
         raise FileNotFoundError(f"input file {input_path} does not exist")
+    if _same_file(input_path, output_path):
+        raise ValueError(
+            f"--output {output_path} is the input file; grading writes a new file, so choose another --output"
+        )
     errors: list[str] = []
     graded: list[str] = []
-    lines = input_path.read_text(encoding="utf-8").splitlines()
-    for lineno, line in enumerate(tqdm(lines, desc="scoring", unit="line", disable=len(lines) < 200), 1):
-        if not line.strip():
-            continue
-        where = f"{input_path}: line {lineno}"
+    records = list(read_records(input_path, errors))
+    for lineno, record in tqdm(records, desc="scoring", unit="line", disable=len(records) < 200):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        try:
-            result = grade_line(record, where)
+            result = grade_line(record, f"{input_path}: line {lineno}")
         except ValueError as exc:
             errors.append(str(exc))
             continue

@@ -79,34 +79,3 @@ def _check_options(key: str, cls: type, options: dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"engine {key!r} has no option(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}")
-
-
-# Command-line option (argparse dest) -> {engine: its `make_engine` keyword}; shared by `rsa eval` and
-# `rsa augment` so both commands map the same flags to the same engine options.
-CLI_ENGINE_OPTIONS: dict[str, dict[str, str]] = {
-    "dtype": {"hf": "dtype", "vllm": "dtype"},
-    "max_model_len": {"hf": "max_model_len", "vllm": "max_model_len", "openai": "max_model_len"},
-    "batch_size": {"hf": "batch_size", "openai": "max_concurrency"},
-    "tensor_parallel_size": {"vllm": "tensor_parallel_size"},
-    "gpu_memory_utilization": {"vllm": "gpu_memory_utilization"},
-    "base_url": {"openai": "base_urls"},
-    "api_key": {"openai": "api_key"},
-    "max_retries": {"openai": "max_retries"},
-}
-
-
-def cli_engine_options(args: Any, mapping: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
-    """The engine options set on the command line (`args`), as `make_engine` keyword arguments.
-
-    Raises ValueError naming the flag when an option belongs to another engine than `args.engine`.
-    """
-    options: dict[str, Any] = {}
-    for dest, keywords in (mapping or CLI_ENGINE_OPTIONS).items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if args.engine not in keywords:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} is an option of the {' / '.join(keywords)} engine, not of {args.engine}")
-        options[keywords[args.engine]] = value
-    return options

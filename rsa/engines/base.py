@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from rsa.tasks.base import Conversation
+from rsa.types import Conversation
 
 ReasoningMode = Literal["separate", "strip", "keep"]
 REASONING_MODES: tuple[str, ...] = ("separate", "strip", "keep")

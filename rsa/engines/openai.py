@@ -37,7 +37,7 @@ from rsa.engines.base import (
     merge_reasoning,
     request_seeds,
 )
-from rsa.tasks.base import Conversation
+from rsa.types import Conversation
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from rsa.engines.base import (
     request_seeds,
     split_reasoning,
 )
-from rsa.tasks.base import Conversation
+from rsa.types import Conversation
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from rsa.tasks.base import Conversation, Message, Problem, Task
+from rsa.tasks.base import CORRECT_SCORE, Conversation, Message, Problem, Task
 
 # name -> "module:Class"; modules are imported on first use so `import rsa` stays light.
 _REGISTRY: dict[str, str] = {
@@ -40,4 +40,4 @@ def get_task(name: str) -> Task:
     return _INSTANCES[key]
 
 
-__all__ = ["Conversation", "Message", "Problem", "Task", "get_task", "register_task", "task_names"]
+__all__ = ["CORRECT_SCORE", "Conversation", "Message", "Problem", "Task", "get_task", "register_task", "task_names"]

@@ -11,12 +11,17 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, str]
-Conversation = list[Message]
+from rsa.types import Conversation, Message
+
+__all__ = ["CORRECT_SCORE", "PROMPT_VERSION", "Conversation", "Message", "Problem", "Task"]
 
 # Version of the prompt wording; recorded in run manifests and dataset provenance so that a change
 # of wording is visible when results are compared.
 PROMPT_VERSION = "1"
+
+#: a score at or above this is "correct" (full marks; partial credit such as Reasoning Gym's is not), used
+#: alike by Pass@N, candidate classes in augmentation and 0/1 rewards
+CORRECT_SCORE = 1.0 - 1e-9
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rsa.jsonl import read_records
 from rsa.sandbox import RunResult, Sandbox, TestSuite, default_sandbox
 from rsa.tasks.base import Problem, Task
 
@@ -394,23 +395,14 @@ def _read_records(path: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
     if suffix == ".json":
-        data = json.loads(text)
+        data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict):
             data = data.get("data", data.get("problems"))
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
         return data
-    records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
-    return records
+    return [record for _, record in read_records(path)]  # split on "\n" only, errors name the line
 
 
 # code_generation_lite: each release adds one file; release_vN = files 1..N, vN = file N only.

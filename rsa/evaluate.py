@@ -1,0 +1,154 @@
+"""Run an RSA evaluation (or a budget-matched baseline) from an `EvalConfig`, without a command line.
+
+    from rsa.configs import EvalConfig
+    from rsa.evaluate import run_eval
+    summaries = run_eval(EvalConfig(model="models/tiny", engine="hf", dataset="rg:basic_arithmetic",
+                                    population=4, k=2, steps=3, out="runs/tiny"))
+
+`prepare_eval` does everything that needs no model (model path, context and `max_new_tokens`, problems,
+run-directory state, resume check); `execute_eval` builds the engine and runs the loop into the run
+directory (`rsa.runs`). `run_eval` is the two in a row; `rsa eval` is a thin command line around them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rsa.configs import EvalConfig, auto_max_new_tokens, check_model, model_context_length, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalPlan:
+    """A validated evaluation, ready to run: resolved config, problems, run directory, manifest."""
+
+    config: EvalConfig
+    problems: list
+    engine_options: dict[str, Any]
+    run_dir: Any  # rsa.runs.RunDirectory
+    manifest: dict | None  # None until max_new_tokens is known (it needs the engine's context)
+    steps_done: int  # committed steps of the run being resumed
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run directory already holds every step (nothing to generate)."""
+        return self.config.resume and self.config.max_new_tokens is not None and self.steps_done >= self.num_steps
+
+    @property
+    def num_steps(self) -> int:
+        """Steps the run writes."""
+        return self.config.loop_config(self.config.max_new_tokens or 1).num_steps
+
+
+def resolve_max_new_tokens(config: EvalConfig, context: int | None) -> EvalConfig:
+    """`config` with `max_new_tokens` set (auto: min(8192, context // 2)); ValueError when it leaves no room."""
+    if context is None:
+        return config
+    if config.max_new_tokens is None:
+        return replace(config, max_new_tokens=auto_max_new_tokens(context))
+    if config.max_new_tokens >= context:
+        raise ValueError(
+            f"--max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"{context} tokens; lower --max-new-tokens (or raise --max-model-len)"
+        )
+    return config
+
+
+def prepare_eval(config: EvalConfig) -> EvalPlan:
+    """Check everything that needs no model and load the problems; raises ValueError / FileNotFoundError."""
+    from rsa.data import load_problems
+    from rsa.runs import MANIFEST, RunDirectory
+
+    options = config.engine_kwargs()
+    config = replace(config, model=check_model(config.model, config.engine))
+    context = config.max_model_len
+    if context is None and config.engine != "openai":
+        context = model_context_length(config.model)
+    config = resolve_max_new_tokens(config, context)
+    problems = load_problems(
+        config.dataset, limit=config.limit, task=config.task, size=config.size, seed=config.data_seed
+    )
+    if not problems:
+        raise ValueError(f"--dataset {config.dataset}: no problems")
+    logger.info("%d problems from %s", len(problems), config.dataset)
+
+    run_dir = RunDirectory(config.out)
+    if run_dir.exists():
+        read_manifest(Path(config.out) / MANIFEST)  # a clear error for a damaged manifest, before anything else
+        if not config.resume:
+            raise ValueError(f"{config.out} already holds a run; pass --resume to continue it or choose another --out")
+    elif config.resume:
+        raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
+    plan = EvalPlan(config, problems, options, run_dir, manifest=None, steps_done=0)
+    if config.max_new_tokens is not None:
+        _set_manifest(plan)
+    return plan
+
+
+def _set_manifest(plan: EvalPlan) -> None:
+    from rsa.runs import build_manifest, model_revision
+
+    config = plan.config
+    revision = model_revision(config.model, query_hub=config.engine != "openai")
+    values = {k: v for k, v in sorted(asdict(config).items())}
+    plan.manifest = build_manifest(
+        values, model=config.model, engine=config.engine, revision=revision, problems=plan.problems, seed=config.seed
+    )
+    if config.resume:
+        plan.run_dir.check_resumable(plan.manifest)
+        plan.steps_done = len(plan.run_dir.completed_steps())  # only once the run is known to match
+
+
+def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
+    """Build the engine (unless `engine` is given; then it is not closed), run the evaluation, return the
+    per-step summaries. The run directory is created only once the engine is up and every prompt fits.
+
+    With `config.report_to`, the per-step summaries also go to those trackers (`rsa.tracking`).
+    """
+    summaries = _evaluate(plan, engine)
+    if plan.config.report_to:
+        from rsa.tracking import MetricsTracker
+
+        config = plan.config
+        tracker = MetricsTracker(config.report_to, plan.run_dir.path, Path(config.out).name, asdict(config))
+        try:
+            tracker.log_steps(summaries)
+        finally:
+            tracker.close()
+    return summaries
+
+
+def _evaluate(plan: EvalPlan, engine: Any = None) -> list[dict]:
+    from rsa.loop import RSALoop
+    from rsa.runs import run_evaluation
+
+    if plan.complete:
+        return run_evaluation(None, plan.problems, plan.config.loop_config(), plan.run_dir, progress=False)
+    owned = engine is None
+    if owned:
+        from rsa.engines import make_engine
+
+        engine = make_engine(plan.config.engine, plan.config.model, **plan.engine_options)
+    try:
+        if plan.manifest is None:  # the context was unknown before the engine (a server without --max-model-len)
+            plan.config = resolve_max_new_tokens(plan.config, engine.max_model_len)
+            _set_manifest(plan)
+            if plan.complete:
+                return run_evaluation(None, plan.problems, plan.config.loop_config(), plan.run_dir, progress=False)
+        loop_config = plan.config.loop_config()
+        RSALoop(engine, plan.problems, loop_config).check_context()
+        if not plan.config.resume:
+            plan.run_dir.create(plan.manifest, plan.problems)
+        return run_evaluation(engine, plan.problems, loop_config, plan.run_dir, progress=plan.config.progress)
+    finally:
+        if owned:
+            engine.close()
+
+
+def run_eval(config: EvalConfig, engine: Any = None) -> list[dict]:
+    """Validate `config`, then evaluate into `config.out`; returns one metrics summary per step."""
+    return execute_eval(prepare_eval(config), engine)

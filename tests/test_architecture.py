@@ -1,0 +1,132 @@
+"""The module layering of docs/ARCHITECTURE.md, enforced: what each module may not import.
+
+Every `import rsa...` anywhere in a module counts (also inside functions), except under
+`if TYPE_CHECKING:`, which is for annotations only.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "rsa"
+
+# module prefix -> rsa modules it must not import (prefix match); "rsa" alone forbids every rsa import
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "rsa.types": ("rsa",),
+    "rsa.jsonl": ("rsa",),
+    "rsa.sandbox": ("rsa.tasks", "rsa.engines", "rsa.loop", "rsa.runs", "rsa.training", "rsa.configs"),
+    "rsa.tasks": (
+        "rsa.engines",
+        "rsa.loop",
+        "rsa.runs",
+        "rsa.augment",
+        "rsa.training",
+        "rsa.configs",
+        "rsa.evaluate",
+        "rsa.rewards",
+        "rsa.rows",
+        "rsa.data",
+    ),  # fmt: skip
+    "rsa.engines": ("rsa.tasks", "rsa.loop", "rsa.runs", "rsa.augment", "rsa.training", "rsa.configs", "rsa.data"),
+    "rsa.fitting": ("rsa.loop", "rsa.runs", "rsa.augment", "rsa.configs", "rsa.engines"),
+    "rsa.loop": ("rsa.runs", "rsa.augment", "rsa.training", "rsa.configs", "rsa.evaluate", "rsa.data"),
+    "rsa.metrics": ("rsa.engines", "rsa.runs", "rsa.augment", "rsa.training", "rsa.configs"),
+    "rsa.rows": ("rsa.augment", "rsa.training", "rsa.rewards", "rsa.engines", "rsa.loop", "rsa.data"),
+    "rsa.rewards": ("rsa.training", "rsa.augment", "rsa.engines", "rsa.loop", "rsa.runs"),
+    "rsa.data": ("rsa.engines", "rsa.loop", "rsa.runs", "rsa.augment", "rsa.training", "rsa.configs"),
+    "rsa.runs": ("rsa.augment", "rsa.training", "rsa.configs", "rsa.evaluate"),
+    "rsa.augment": ("rsa.configs", "rsa.evaluate", "rsa.training", "rsa.build_dataset", "rsa.toyworld"),
+    "rsa.configs": ("rsa.evaluate", "rsa.build_dataset", "rsa.training", "rsa.toyworld"),
+    "rsa.training": ("rsa.augment", "rsa.configs", "rsa.evaluate", "rsa.toyworld", "rsa.loop"),
+    "rsa.report": ("rsa.engines", "rsa.loop", "rsa.training", "rsa.augment"),
+    "rsa.publish": ("rsa.engines", "rsa.loop", "rsa.training", "rsa.configs"),
+}
+# no library module reaches up into the command-line layer
+CLI_LAYER = ("rsa.cli", "rsa.commands")
+# heavy stacks that `import rsa.<module>` must not pull in at import time (the trainer module excepted)
+HEAVY = ("trl", "deepspeed", "peft", "accelerate", "vllm", "torch", "transformers")
+HEAVY_ALLOWED = ("rsa.training",)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(tree: ast.AST) -> tuple[set[str], set[str]]:
+    """(every imported module name outside TYPE_CHECKING blocks, the module-level ones)."""
+    everywhere, top = set(), set()
+
+    def visit(node: ast.AST, level: int) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child, level)
+            return
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        everywhere.update(names)
+        if level == 0:
+            top.update(names)
+        nested = level + isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        for child in ast.iter_child_nodes(node):
+            visit(child, nested)
+
+    for statement in tree.body:
+        visit(statement, 0)
+    return everywhere, top
+
+
+MODULES = {_module_name(p): _imports(ast.parse(p.read_text(encoding="utf-8"))) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _matches(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def layering_violations(modules: dict[str, tuple[set[str], set[str]]]) -> list[str]:
+    """Every import that the rules above forbid, as 'module imports name' lines."""
+    problems = []
+    for module, (everywhere, top) in modules.items():
+        own = module if module.count(".") < 2 else ".".join(module.split(".")[:2])
+        for prefix, forbidden in FORBIDDEN.items():
+            if not _matches(module, prefix):
+                continue
+            for name in everywhere:
+                if name.startswith("rsa") and not _matches(name, own) and any(_matches(name, f) for f in forbidden):
+                    problems.append(f"{module} imports {name} ({prefix} must not import {', '.join(forbidden)})")
+        if not any(_matches(module, layer) for layer in CLI_LAYER):
+            problems += [f"{module} imports {n} (the CLI layer)" for n in everywhere if n.startswith(CLI_LAYER)]
+        if module not in HEAVY_ALLOWED:
+            problems += [f"{module} imports {n} at module level" for n in top if n.split(".")[0] in HEAVY]
+    return sorted(problems)
+
+
+def test_module_layering():
+    assert len(MODULES) > 40  # the walk found the package
+    assert not layering_violations(MODULES), "\n".join(layering_violations(MODULES))
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "expected"),
+    [
+        ("from rsa.loop import RSALoop", "rsa.engines.hf", "rsa.engines.hf imports rsa.loop"),
+        ("def f():\n    from rsa.cli import main", "rsa.runs", "rsa.runs imports rsa.cli (the CLI layer)"),
+        ("import torch", "rsa.metrics", "rsa.metrics imports torch at module level"),
+        ("import rsa.tasks", "rsa.types", "rsa.types imports rsa.tasks"),
+    ],
+)
+def test_layering_rules_catch_violations(source, module, expected):
+    found = layering_violations({module: _imports(ast.parse(source))})
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_type_checking_imports_do_not_count():
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rsa.loop import Member\n"
+    assert layering_violations({"rsa.fitting": _imports(ast.parse(source))}) == []

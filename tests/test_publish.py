@@ -1,0 +1,466 @@
+"""`rsa publish` and `rsa.publish.push_dataset`: cards, model-index, path scrubbing, and pushing to a Hub stand-in.
+
+The real Hugging Face Hub cannot be reached from the tests, so pushes go to `HubStandIn`, a loopback HTTP
+server that speaks the few Hub API routes `huggingface_hub` uses to publish (create repo, create branch,
+validate README metadata, preupload, commit) and records every request and uploaded file. The real
+`huggingface_hub.HfApi` client talks to it (its endpoint pointed at the stand-in); nothing is mocked in
+between. The checkpoints are the real tiny model and a real PEFT LoRA adapter saved from it; the dataset is
+built by a real `rsa augment` run on the tiny model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from rsa.cli import main
+
+BASE = "Qwen/Qwen3-0.6B"  # a Hub id the training record names (never downloaded)
+
+
+# ----- the Hub stand-in ------------------------------------------------------------------------------------------
+class HubStandIn(ThreadingHTTPServer):
+    """A loopback stand-in for the Hub API: records repos, branches, validated cards and commits (files by path)."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.requests: list[tuple[str, str]] = []
+        self.repos: dict[str, dict] = {}  # "type/org/name" -> create payload
+        self.branches: list[tuple[str, str]] = []
+        self.validated: list[dict] = []
+        self.commits: list[dict] = []  # {"repo", "revision", "summary", "files": {path: bytes}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HubStandIn
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        hub = self.server
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = self.path.split("?")[0]
+        hub.requests.append(("POST", path))
+        if self.headers.get("Authorization") != "Bearer hf_standin_token":
+            return self._reply(401, {"error": "Invalid credentials"})
+        parts = path.strip("/").split("/")
+        if path == "/api/repos/create":
+            payload = json.loads(body)
+            repo_type = payload.get("type", "model")
+            repo = f"{payload['organization']}/{payload['name']}"
+            hub.repos[f"{repo_type}/{repo}"] = payload
+            return self._reply(200, {"url": f"{hub.url}/{repo}"})
+        if path == "/api/validate-yaml":
+            hub.validated.append(json.loads(body))
+            return self._reply(200, {})
+        if len(parts) >= 6 and parts[0] == "api":  # /api/{type}s/{org}/{name}/{action}/{revision}
+            repo_type, repo, action, revision = parts[1][:-1], f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
+            if f"{repo_type}/{repo}" not in hub.repos:
+                return self._reply(404, {"error": f"Repository {repo} not found"})
+            if action == "branch":
+                hub.branches.append((repo, revision))
+                return self._reply(200, {})
+            if action == "preupload":  # every file as a regular (inline) git blob
+                files = json.loads(body)["files"]
+                return self._reply(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
+            if action == "commit":
+                lines = [json.loads(x) for x in body.splitlines() if x.strip()]
+                files = {
+                    x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"
+                }
+                header = next(x["value"] for x in lines if x["key"] == "header")
+                hub.commits.append({"repo": repo, "type": repo_type, "revision": revision, "files": files, **header})
+                oid = f"{len(hub.commits):040x}"
+                return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{oid}", "commitOid": oid})
+        return self._reply(404, {"error": f"stand-in: no route for {path}"})
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A running Hub stand-in; huggingface_hub is switched online, pointed at it, with a token."""
+    from huggingface_hub import constants
+
+    server = HubStandIn()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+# ----- inputs ----------------------------------------------------------------------------------------------------
+def fake_run(path: Path, model: str, dataset: str = "aime25") -> Path:
+    """A run directory in `rsa eval`'s layout with two committed steps (hand-written metrics)."""
+    (path / "population").mkdir(parents=True)
+    manifest = {"format": "rsa-run/1", "config": {"model": model, "dataset": dataset, "population": 4, "k": 2,
+                                                  "steps": 2, "seed": 1234, "method": "rsa"}}  # fmt: skip
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    steps = [{"step": 1, "pass_at_1": 0.25, "pass_at_n": 0.5, "majority": 0.25, "mean_length": 100.0},
+             {"step": 2, "pass_at_1": 0.375, "pass_at_n": 0.5, "majority": 0.5, "mean_length": 90.0}]  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    for s in steps:
+        (path / "population" / f"step_{s['step']:03d}.jsonl").write_text("")
+    return path
+
+
+def training_record(model: str, tmp_path: Path) -> dict:
+    """An `rsa_training.json` as rsa.training.provenance writes it, with the publisher's absolute paths in it."""
+    return {
+        "script_args": {"dataset_files": [str(tmp_path / "data" / "agg" / "train.parquet")], "dataset_name": None,
+                        "problems": "aime25", "reward_funcs": ["task"]},
+        "training_args": {"num_generations": 8, "output_dir": str(tmp_path / "outputs" / "agg"),
+                          "logging_dir": str(Path.home() / "runs" / "agg"), "learning_rate": 1e-6},
+        "model_args": {"model_name_or_path": model},
+        "argv": ["train/grpo_agg.py", "--config", str(tmp_path / "recipe.yaml")],
+        "data": {"rows": 10, "kinds": {"aggregate": 5, "plain": 5}},
+        "packages": {"trl": "1.16.0"},
+    }  # fmt: skip
+
+
+def full_checkpoint(tiny_model_dir: str, tmp_path: Path, base: str | None = None) -> Path:
+    """The tiny model as `checkpoint-5` with optimizer state, a training record and a trainer state with paths."""
+    checkpoint = tmp_path / "outputs" / "agg" / "checkpoint-5"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    (checkpoint / "optimizer.pt").write_bytes(b"state")
+    record = training_record(base or str(Path(tiny_model_dir).resolve()), tmp_path)
+    (checkpoint / "rsa_training.json").write_text(json.dumps(record, indent=2))
+    state = {"global_step": 5, "best_model_checkpoint": str(checkpoint), "log_history": []}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    return checkpoint
+
+
+def assert_no_local_paths(folder: Path, tmp_path: Path) -> None:
+    """No staged file (README, JSON, weights header, plots) holds the test's tmp folder or the user's home."""
+    needles = {str(tmp_path.resolve()).encode(), str(Path.home()).encode(), str(Path.cwd()).encode()}
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        found = [n.decode() for n in needles if n in data]
+        assert not found, f"{path.relative_to(folder)} holds {found}"
+
+
+def card_of(folder: Path):
+    from huggingface_hub import ModelCard
+
+    return ModelCard((folder / "README.md").read_text())
+
+
+# ----- the model card --------------------------------------------------------------------------------------------
+def test_publish_dry_run_writes_card_with_the_rsa_table(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "ckpt5-aime25", str(checkpoint))
+    run2 = fake_run(tmp_path / "runs" / "ckpt5-hmmt25", str(checkpoint), dataset="hmmt25")
+    out = tmp_path / "hub"
+    assert main(["publish", str(checkpoint), "--runs", str(run), str(run2), "--repo-id", "me/tiny-agg", "--out",
+                 str(out), "--dry-run", "--dataset-id", "me/agg-data"]) == 0  # fmt: skip
+    text = (out / "README.md").read_text()
+    card = card_of(out)
+    assert card.data.base_model == BASE and card.data.datasets == ["me/agg-data"]
+    assert card.data.library_name == "transformers" and "aggregation-aware-rl" in card.data.tags
+    # model-index parsed back by huggingface_hub: RSA Pass@1 at step 1 and at step T, majority and Pass@N
+    results = {(r.dataset_type, r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert {k: v for k, v in results.items() if k[0] == "math-ai/aime25"} == {
+        ("math-ai/aime25", "pass@1", "N=4,K=2,step=1"): 25.0,
+        ("math-ai/aime25", "pass@1", "N=4,K=2,step=2"): 37.5,
+        ("math-ai/aime25", "majority@n", "N=4,K=2,step=2"): 50.0,
+        ("math-ai/aime25", "pass@n", "N=4,K=2,step=2"): 50.0,
+    }
+    assert len(results) == 8 and results[("MathArena/hmmt_feb_2025", "pass@1", "N=4,K=2,step=2")] == 37.5
+    model_index = card.data.to_dict()["model-index"]
+    assert [(x["dataset"]["name"], x["dataset"]["split"]) for x in model_index[0]["results"]] == [
+        ("aime25", "test"), ("hmmt25", "train")
+    ]  # fmt: skip
+    # the compact main table: 7 columns; the 17-column report table sits in a collapsible section
+    main_table = text.split("## RSA evaluation")[1].split("<details>")[0]
+    header = next(line for line in main_table.splitlines() if line.startswith("| run |"))
+    assert header.count("|") == 8
+    assert "| ckpt5-aime25 | aime25 | 4 / 2 / 2 | 25.0 | **37.5** | 50.0 | 50.0 |" in main_table
+    details = text.split("<details>")[1].split("</details>")[0]
+    assert "| run | model | method |" in details and "| ckpt5-aime25 | checkpoint-5 | rsa | aime25 |" in details
+    assert "| 2 | 37.5 | 50.0 | 50.0 | 90 |" in details
+    assert "| training data | train.parquet, aime25 |" in text and f"| base model | {BASE} |" in text
+    assert "eval/rsa_steps.png" in text and (out / "eval" / "rsa_steps.png").is_file()
+    assert (out / "model.safetensors").is_file() and not (out / "optimizer.pt").exists()
+    assert (out / "eval" / "ckpt5-aime25" / "metrics.jsonl").is_file()
+    # no path of this machine in the card or any staged file; the records are kept, with names only
+    assert_no_local_paths(out, tmp_path)
+    record = json.loads((out / "rsa_training.json").read_text())
+    assert record["script_args"]["dataset_files"] == ["train.parquet"]
+    assert record["argv"] == ["train/grpo_agg.py", "--config", "recipe.yaml"]
+    assert json.loads((out / "trainer_state.json").read_text())["best_model_checkpoint"] == "checkpoint-5"
+    assert json.loads((out / "eval" / "ckpt5-aime25" / "manifest.json").read_text())["config"]["model"] == (
+        "checkpoint-5"
+    )
+
+
+def test_card_omits_base_model_when_only_a_local_path_is_known(tiny_model_dir, tmp_path):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path)  # trained from the local tiny model folder
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint), dataset=str(tmp_path / "my_problems.jsonl"))
+    out = tmp_path / "hub"
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny", "--out", str(out),
+                 "--dry-run"]) == 0  # fmt: skip
+    card = card_of(out)
+    assert card.data.base_model is None
+    assert card.data.datasets == ["math-ai/aime25"]  # the training record's `problems: aime25`
+    assert {r.dataset_type for r in card.data.eval_results} == {"my_problems.jsonl"}
+    assert f"| base model | {Path(tiny_model_dir).name} |" in (out / "README.md").read_text()
+    assert_no_local_paths(out, tmp_path)
+    # an explicit Hub id for the base model is used; a path is refused before any work
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny", "--out", str(out),
+                 "--dry-run", "--base-model", BASE]) == 0  # fmt: skip
+    assert card_of(out).data.base_model == BASE
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny", "--out",
+                 str(tmp_path / "hub2"), "--dry-run", "--base-model", str(tmp_path)]) == 2  # fmt: skip
+    assert not (tmp_path / "hub2").exists()
+
+
+def test_a_local_path_left_in_a_staged_file_is_refused(tiny_model_dir, tmp_path):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    (checkpoint / "notes.txt").write_text(f"trained on {tmp_path}/data\n")  # not JSON: cannot be scrubbed
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    with pytest.raises(ValueError, match=r"local paths of this machine would be uploaded: notes.txt"):
+        from rsa.publish import prepare_folder
+
+        prepare_folder(checkpoint, [run], tmp_path / "hub", "me/tiny")
+
+
+# ----- refusals before any work ----------------------------------------------------------------------------------
+def test_push_refused_without_token_or_offline(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    argv = ["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-agg", "--out"]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert main([*argv, str(tmp_path / "hub1")]) == 2
+    assert "no Hugging Face token" in capsys.readouterr().err
+    assert not (tmp_path / "hub1").exists()  # refused before doing any work
+
+    monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main([*argv, str(tmp_path / "hub2")]) == 2
+    assert "switched offline (HF_HUB_OFFLINE" in capsys.readouterr().err
+    assert not (tmp_path / "hub2").exists()
+
+    from rsa.publish import push_dataset
+
+    with pytest.raises(ValueError, match="switched offline"):
+        push_dataset(tmp_path / "no-such-build", "me/data")  # refused before the folder is even read
+
+
+# ----- pushing to the stand-in -----------------------------------------------------------------------------------
+def test_publish_pushes_a_private_repo_to_a_revision(hub, tiny_model_dir, tmp_path, capsys):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "ckpt5-aime25", str(checkpoint))
+    out = tmp_path / "hub"
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-agg", "--out", str(out),
+                 "--private", "--revision", "step-5"]) == 0  # fmt: skip
+    assert f"pushed: {hub.url}/me/tiny-agg/commit/" in capsys.readouterr().out
+    assert hub.repos["model/me/tiny-agg"]["visibility"] == "private"
+    assert hub.branches == [("me/tiny-agg", "step-5")]
+    (commit,) = hub.commits
+    assert commit["revision"] == "step-5" and commit["type"] == "model"
+    staged = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert commit["files"] == staged  # exactly the staged folder, byte for byte
+    assert {"README.md", "model.safetensors", "config.json", "eval/ckpt5-aime25/manifest.json"} <= set(staged)
+    assert "optimizer.pt" not in commit["files"]
+    assert hub.validated and hub.validated[0]["content"] == staged["README.md"].decode()
+    order = [p for _, p in hub.requests]
+    assert order.index("/api/repos/create") < order.index("/api/models/me/tiny-agg/branch/step-5") < len(order) - 1
+    assert order[-1] == "/api/models/me/tiny-agg/commit/step-5"
+
+    # a public repo on main: no branch is created, the commit goes to main
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-pub", "--out",
+                 str(tmp_path / "hub-pub")]) == 0  # fmt: skip
+    assert hub.repos["model/me/tiny-pub"]["visibility"] == "public"
+    assert len(hub.branches) == 1 and hub.commits[-1]["revision"] == "main"
+
+
+def lora_adapter(tiny_model_dir: str, path: Path) -> Path:
+    """A real PEFT LoRA adapter of the tiny model, saved as a trainer checkpoint would be (base = local path)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.save_pretrained(path)
+    assert json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"] == tiny_model_dir
+    return path
+
+
+def test_publish_a_lora_adapter(hub, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = lora_adapter(tiny_model_dir, tmp_path / "outputs" / "lora" / "checkpoint-3")
+    record = training_record(BASE, tmp_path)  # trained from the Hub model
+    (checkpoint / "rsa_training.json").write_text(json.dumps(record))
+    run = fake_run(tmp_path / "runs" / "lora3", str(checkpoint))
+    out = tmp_path / "hub"
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-lora", "--out",
+                 str(out)]) == 0  # fmt: skip
+    card = card_of(out)
+    assert card.data.library_name == "peft" and card.data.base_model == BASE and "lora" in card.data.tags
+    assert f"This repository holds a LoRA adapter (PEFT) for `{BASE}`" in card.text
+    assert "AutoPeftModelForCausalLM" in card.text and "| LoRA adapter | True |" in card.text
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == BASE
+    assert not (out / "model.safetensors").exists() and (out / "adapter_model.safetensors").is_file()
+    assert_no_local_paths(out, tmp_path)
+    (commit,) = hub.commits
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(commit["files"])
+    assert hub.repos["model/me/tiny-lora"]["visibility"] == "public" and hub.branches == []
+    # the uploaded adapter still loads onto the base model
+    adapter = tmp_path / "downloaded"
+    for name, data in commit["files"].items():
+        (adapter / name).parent.mkdir(parents=True, exist_ok=True)
+        (adapter / name).write_bytes(data)
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+    assert loaded.peft_config["default"].r == 2
+
+    # without a training record the adapter knows only a local base path: no base_model metadata, a name
+    (checkpoint / "rsa_training.json").unlink()
+    out2 = tmp_path / "hub2"
+    assert main(["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-lora", "--out", str(out2),
+                 "--dry-run"]) == 0  # fmt: skip
+    assert card_of(out2).data.base_model is None
+    name = Path(tiny_model_dir).name
+    assert json.loads((out2 / "adapter_config.json").read_text())["base_model_name_or_path"] == name
+    assert_no_local_paths(out2, tmp_path)
+
+
+# ----- a training dataset built by `rsa augment` ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def augment_build(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real `rsa augment` build on the tiny model (hf engine): 6 problems, M=2, K=2."""
+    out = tmp_path_factory.mktemp("augment") / "agg"
+    argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32", "--dataset",
+            "rg:basic_arithmetic", "--size", "6", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "16",
+            "--train-context-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+def test_push_dataset_with_a_card_of_provenance_and_mixture(hub, augment_build, tmp_path):
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCard
+
+    from rsa.publish import push_dataset
+
+    report = json.loads((augment_build / "build_report.json").read_text())
+    url = push_dataset(augment_build, "me/agg-data", private=True, out_dir=tmp_path / "staged")
+    assert url.startswith(f"{hub.url}/me/agg-data/commit/")
+    assert hub.repos["dataset/me/agg-data"]["visibility"] == "private"
+    (commit,) = hub.commits
+    assert commit["type"] == "dataset" and commit["revision"] == "main"
+    assert set(commit["files"]) == {"README.md", "train.parquet", "manifest.json", "build_report.json"}
+    card = DatasetCard(commit["files"]["README.md"].decode())
+    assert card.data.configs == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "train.parquet"}]}
+    ]
+    assert "aggregation-aware-rl" in card.data.tags
+    rows = report["plain"] + report["aggregate"]
+    assert f"| rows | {rows} ({report['plain']} plain, {report['aggregate']} aggregate) |" in card.text
+    assert (
+        "| candidates per problem (M) | 2 |" in card.text
+        and "| K (candidates per aggregation prompt) | 2 |" in card.text
+    )
+    assert "| problems | rg:basic_arithmetic (6 problems) |" in card.text
+    # the reference policy (the tiny model's local path) is named by its folder, in the card and in the rows
+    staged = pq.read_table(tmp_path / "staged" / "train.parquet").to_pylist()
+    original = pq.read_table(augment_build / "train.parquet").to_pylist()
+    model_name = Path(original[0]["reference_model"]).name
+    assert original[0]["reference_model"].startswith("/") and f"| reference policy | {model_name} |" in card.text
+    assert len(staged) == len(original) == rows
+    assert {r["reference_model"] for r in staged} == {model_name}
+    assert [r["prompt"] for r in staged] == [r["prompt"] for r in original]
+    assert_no_local_paths(tmp_path / "staged", tmp_path)
+    assert_no_local_paths(tmp_path / "staged", augment_build.parent)
+
+
+def test_scrub_paths_keeps_everything_but_local_paths():
+    from rsa.hub import hub_name, is_hub_id, scrub_paths
+
+    value = {"a": "/tmp/x/checkpoint-5", "b": ["--config", "/home/me/r.yaml"], "c": "http://127.0.0.1:8000/v1",
+             "d": "data/agg", "e": 3, "f": "~/models/base", "g": "cd /srv/run && go", "h": "--out=/a/b/c",
+             "i": "</think></answer>", "chat_template": "{{ '/a/b' }}"}  # fmt: skip
+    assert scrub_paths(value) == {"a": "checkpoint-5", "b": ["--config", "r.yaml"], "c": "http://127.0.0.1:8000/v1",
+                                  "d": "data/agg", "e": 3, "f": "base", "g": "cd run && go", "h": "--out=c",
+                                  "i": "</think></answer>", "chat_template": "{{ '/a/b' }}"}  # fmt: skip
+    assert is_hub_id("Qwen/Qwen3-4B-Instruct-2507") and not is_hub_id("/models/Qwen3") and not is_hub_id("a/b/c")
+    assert hub_name("/models/Qwen3-4B") == "Qwen3-4B" and hub_name("Qwen/Qwen3-4B") == "Qwen/Qwen3-4B"
+
+
+def test_dataset_card_of_an_imported_verl_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import DatasetCard
+
+    from rsa.publish import push_dataset
+
+    rows = [{"data_source": "deepscaler", "prompt": [{"role": "user", "content": f"What is {i}+1? \\boxed{{}}"}],
+             "ability": "math", "reward_model": {"ground_truth": str(i + 1), "style": "rule"},
+             "extra_info": {"index": i}} for i in range(3)]  # fmt: skip
+    source = tmp_path / "paper_agg.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    build = tmp_path / "imported"
+    assert main(["augment", "--import", str(source), "--out", str(build)]) == 0
+    assert json.loads((build / "build_report.json").read_text())["source"] == str(source)
+    staged = Path(push_dataset(build, "me/paper-agg", dry_run=True, out_dir=tmp_path / "staged"))
+    card = DatasetCard((staged / "README.md").read_text())
+    assert "converted by `rsa augment --import` (rsa-rl) from `paper_agg.parquet`" in card.text
+    assert "| rows | 3 |" in card.text and "| kinds | plain 3 |" in card.text and "| tasks | math 3 |" in card.text
+    assert json.loads((staged / "build_report.json").read_text())["source"] == "paper_agg.parquet"
+    assert sorted(p.name for p in staged.iterdir()) == ["README.md", "build_report.json", "train.parquet"]
+    assert_no_local_paths(staged, tmp_path)
+    with pytest.raises(ValueError, match=r"no train.parquet; build the dataset with `rsa augment"):
+        push_dataset(tmp_path / "empty", "me/x", dry_run=True)
+
+
+def test_rsa_augment_push_to_hub(hub, tiny_model_dir, tmp_path, capsys):
+    """`rsa augment --push-to-hub` builds, then pushes the folder as a dataset repo with its card."""
+    out = tmp_path / "agg"
+    argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32", "--dataset",
+            "rg:basic_arithmetic", "--size", "3", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "8",
+            "--train-context-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress",
+            "--push-to-hub", "me/agg-cli", "--hub-private", "--hub-revision", "v1"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert hub.repos["dataset/me/agg-cli"]["visibility"] == "private"
+    (commit,) = hub.commits
+    assert commit["revision"] == "v1" and {"README.md", "train.parquet"} <= set(commit["files"])
+    assert "pushed to the Hub:" in capsys.readouterr().out
+
+
+def test_rsa_augment_push_to_hub_refused_offline_before_any_work(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "agg"
+    argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dataset", "rg:basic_arithmetic", "--size", "3",
+            "--out", str(out), "--push-to-hub", "me/agg-cli"]  # fmt: skip
+    assert main(argv) == 2
+    assert "offline" in capsys.readouterr().err and not out.exists()
