@@ -79,9 +79,7 @@ def toy_tokenizer(seed: int = 0):
     return build_tokenizer(vocab_size=320, seed=seed, corpus=corpus, individual_digits=True)
 
 
-def aggregation_target(
-    numbers, candidates: list[str], rng: random.Random, copy_valid_prob: float
-) -> tuple[str, bool]:
+def aggregation_target(numbers, candidates: list[str], rng: random.Random, copy_valid_prob: float) -> tuple[str, bool]:
     """The weak aggregator's answer: with `copy_valid_prob` a copy of a candidate whose lines all check
     (when one exists), otherwise a copy of a random candidate. Returns (text, whether it chose by checking)."""
     valid = [c for c in candidates if check_derivation(numbers, c).valid]

@@ -88,8 +88,8 @@ def measure_base(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rsa.toy import aggregation_target
     from rsa.tasks.toy import generate_problems
+    from rsa.toy import aggregation_target
 
     task = get_task("toy")
     rng = random.Random(seed)

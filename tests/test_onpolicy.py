@@ -70,5 +70,8 @@ def test_on_policy_rollouts_train_on_aggregation_prompts_of_the_current_policy(t
     assert state["global_step"] == 2
     logged = [h for h in state["log_history"] if "onpolicy/candidate_tokens" in h]
     assert logged and all(h["onpolicy/candidate_tokens"] > 0 for h in logged)
-    before, after = load_file(str(Path(tiny_model_dir) / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    before, after = (
+        load_file(str(Path(tiny_model_dir) / "model.safetensors")),
+        load_file(str(out / "model.safetensors")),
+    )
     assert any(not before[k].equal(after[k]) for k in before), "two on-policy GRPO steps changed no parameter"
