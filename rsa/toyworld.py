@@ -1,15 +1,18 @@
-"""The paper's key experiment in miniature, on a 2-core CPU: base vs standard RL vs aggregation-aware RL, under RSA.
+"""The paper's key experiment in miniature, on a 2-core CPU: base vs standard RL vs aggregation-aware RL
+(offline, the paper's recipe, and on-policy), under RSA, over several training and RSA seeds.
 
 Every stage goes through the project's real pipeline, and every stage's output lands under one folder:
 
-    OUT/models/base          tiny model pre-trained from scratch on toy traces (rsa.toy)
+    OUT/models/base          tiny model pre-trained from scratch on toy traces (rsa.toy); toy_gate.json: its gate
     OUT/data/train.jsonl     training problems;  OUT/data/eval.jsonl  held-out problems
     OUT/data/agg/            `rsa augment`: candidates sampled from the base model, mixed prompts
-    OUT/models/standard      `train/grpo_agg.py` on plain prompts only (standard RL)
-    OUT/models/agg           `train/grpo_agg.py` on the plain + aggregation mixture (same steps, same batch)
-    OUT/eval/<arm>-s<seed>   `rsa eval` (RSA) of each model on the same held-out problems and seeds
+    OUT/models/<arm>-t<s>    `train/grpo_agg.py`, training seed s, all arms with the same steps, batch and lr:
+                             standard (plain prompts only), offline (the augment mixture, the paper's recipe),
+                             onpolicy (plain problems; a share of groups aggregate candidates of the current policy)
+    OUT/eval/<arm>[-t<s>]-s<seed>  `rsa eval` (RSA) of each model on the same held-out problems and RSA seeds
     OUT/report/              `rsa report`: table and Pass@1 / Pass@N / majority vs step plots
-    OUT/summary.md           Pass@1 at step 1 and at the last step, per arm and seed
+    OUT/summary.md           rsa.toyreport: mean and spread per arm and step, per difficulty, paired bootstrap
+                             comparisons, the paper's claims in words, diagnostics, gate and training costs
 
 A stage whose output is complete is skipped, so a killed demo resumes where it stopped.
 """
@@ -32,7 +35,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "train" / "grpo_agg.py"
 RECIPE = ROOT / "configs" / "recipes" / "toy_grpo.yaml"
-ARMS = ("base", "standard", "agg")
+ARMS = ("base", "standard", "offline", "onpolicy")
+TRAINED_ARMS = ARMS[1:]
 
 
 @dataclass
@@ -50,11 +54,13 @@ class ToyWorldConfig:
     prompts_per_step: int = 4
     num_generations: int = 8
     learning_rate: float = 5e-5
-    max_completion_length: int = 48
+    max_completion_length: int = 64
     eval_population: int = 8
     eval_k: int = 3
     eval_steps: int = 5
     eval_seeds: tuple[int, ...] = (1234,)
+    train_seeds: tuple[int, ...] = (0,)
+    arms: tuple[str, ...] = ARMS
 
     @classmethod
     def full(cls) -> ToyWorldConfig:
@@ -65,7 +71,7 @@ class ToyWorldConfig:
     def quick(cls) -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         return cls(
-            pretrain=PretrainConfig(steps=120, warmup_steps=20),
+            pretrain=PretrainConfig(steps=300, warmup_steps=30),
             learning_rate=5e-5,
             train_problems=64,
             eval_problems=12,
@@ -118,8 +124,9 @@ def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyWorldConfig) -> Path:
-    """GRPO on `data` (`--dataset_files` parquet or `--problems` spec) via train/grpo_agg.py in a subprocess."""
+def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyWorldConfig, seed: int = 0) -> Path:
+    """GRPO on `data` (`--dataset_files` parquet or `--problems` spec, plus arm options) via train/grpo_agg.py in a
+    subprocess, training seed `seed`; writes `toy_arm.json` (wall time) next to the model."""
     if (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file():
         logger.info("%s: trained model exists, skipping", arm)
         return out_dir
@@ -129,11 +136,55 @@ def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyW
         "--model_name_or_path", str(base), "--output_dir", str(out_dir),
         "--max_steps", str(config.grpo_steps), "--per_device_train_batch_size", str(batch),
         "--num_generations", str(config.num_generations), "--learning_rate", str(config.learning_rate),
-        "--max_completion_length", str(config.max_completion_length), *data,
+        "--max_completion_length", str(config.max_completion_length), "--seed", str(seed), *data,
     ]  # fmt: skip
-    print(f"== training {arm}: {' '.join(cmd)}", flush=True)
+    print(f"== training {arm} (seed {seed}): {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, env=_env(), cwd=ROOT)
+    (out_dir / "toy_arm.json").write_text(
+        json.dumps({"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - start, 1)}) + "\n"
+    )
     return out_dir
+
+
+def arm_data(arm: str, train_file: Path, agg_file: Path, config: ToyWorldConfig) -> list[str]:
+    """The training-data options of an arm: the same problems; only how aggregation prompts arise differs."""
+    if arm == "standard":
+        return ["--problems", str(train_file)]
+    if arm == "offline":
+        return ["--dataset_files", str(agg_file)]
+    if arm == "onpolicy":
+        return ["--problems", str(train_file), "--on_policy_aggregation", str(config.aggregate_fraction),
+                "--on_policy_k", config.k]  # fmt: skip
+    raise ValueError(f"unknown toy-world arm {arm!r}; use one of {TRAINED_ARMS}")
+
+
+def training_costs(models: dict[tuple[str, int], Path]) -> list[str]:
+    """Lines on each trained arm's wall time and (on-policy) candidate tokens generated, from its logs."""
+    walls: dict[str, list[float]] = {}
+    candidate_tokens: list[float] = []
+    for (arm, _), path in models.items():
+        info = path / "toy_arm.json"
+        if info.is_file():
+            walls.setdefault(arm, []).append(json.loads(info.read_text())["wall_s"])
+        state = path / "trainer_state.json"
+        if arm == "onpolicy" and state.is_file():
+            history = json.loads(state.read_text())["log_history"]
+            logged = [h["onpolicy/candidate_tokens"] for h in history if "onpolicy/candidate_tokens" in h]
+            if logged:  # per-batch means over logging windows; times the steps they cover
+                candidate_tokens.append(sum(logged) / len(logged) * json.loads(state.read_text())["global_step"])
+    lines = ["## Training cost (same steps, batch, lr and trained completions in every arm)", ""]
+    for arm, values in walls.items():
+        ratio = ""
+        if "standard" in walls and arm != "standard":
+            ratio = f" ({sum(values) / len(values) / (sum(walls['standard']) / len(walls['standard'])):.2f}x standard)"
+        lines.append(f"- {arm}: training wall time {sum(values) / len(values):.0f} s per seed{ratio}")
+    if candidate_tokens:
+        lines.append(
+            f"- onpolicy: {sum(candidate_tokens) / len(candidate_tokens):.0f} extra candidate tokens generated per "
+            "training run (candidates are sampled, never trained on)"
+        )
+    return lines
 
 
 def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, config: ToyWorldConfig) -> Path:
@@ -151,22 +202,29 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
     return out_dir
 
 
-def summarise(runs: dict[tuple[str, int], Path], out: Path) -> str:
-    """Markdown table of Pass@1 (step 1, last step), Pass@N and majority at the last step per arm and seed."""
-    lines = [
-        "| arm | seed | Pass@1 step 1 | Pass@1 last step | Pass@N last | majority last |",
-        "|---|---|---|---|---|---|",
-    ]
-    for (arm, seed), run_dir in runs.items():
-        steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        first, last = steps[0], steps[-1]
-        lines.append(
-            f"| {arm} | {seed} | {first['pass_at_1']:.3f} | {last['pass_at_1']:.3f} (step {last['step']}) "
-            f"| {last['pass_at_n']:.3f} | {last['majority']:.3f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
+def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
+    """The evidence report (rsa.toyreport) over all runs, written to `out/summary.md`."""
+    from rsa.runs import write_text_atomic
+    from rsa.toyreport import summarise_runs
+
+    text = summarise_runs(runs, extra_lines)
+    write_text_atomic(out / "summary.md", text)
     return text
+
+
+def gate_base(base: Path, config: ToyWorldConfig) -> str:
+    """Measure the base against its pre-training distribution (rsa.toydiag), once; returns the printed line."""
+    from rsa.toydiag import GATE_FILE, GateThresholds, gate_failures, gate_line, measure_base, write_gate
+
+    path = base / GATE_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return gate_line(saved["result"], saved["failures"])
+    thresholds = GateThresholds()
+    result = measure_base(base, config.pretrain, max_new_tokens=config.max_completion_length)
+    failures = gate_failures(result, thresholds)
+    write_gate(base, result, failures, thresholds)
+    return gate_line(result, failures)
 
 
 def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
@@ -197,20 +255,26 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
             augment.append("--resume")
         _rsa(augment)
 
-    models = {"base": base}
-    models["standard"] = train_arm(
-        "standard", base, out / "models" / "standard", ["--problems", str(train_file)], config
-    )
-    models["agg"] = train_arm(
-        "agg", base, out / "models" / "agg", ["--dataset_files", str(agg_dir / "train.parquet")], config
-    )
+    gate = gate_base(base, config)
+    print(gate, flush=True)
 
-    runs: dict[tuple[str, int], Path] = {}
-    for seed in config.eval_seeds:
-        for arm in ARMS:
-            runs[(arm, seed)] = evaluate(arm, models[arm], eval_file, out / "eval" / f"{arm}-s{seed}", seed, config)
+    models: dict[tuple[str, int], Path] = {}
+    for seed in config.train_seeds:
+        for arm in (a for a in config.arms if a != "base"):
+            data = arm_data(arm, train_file, agg_dir / "train.parquet", config)
+            models[(arm, seed)] = train_arm(arm, base, out / "models" / f"{arm}-t{seed}", data, config, seed)
+
+    runs: dict[tuple[str, int | None, int], Path] = {}
+    for rsa_seed in config.eval_seeds:
+        if "base" in config.arms:
+            runs[("base", None, rsa_seed)] = evaluate(
+                "base", base, eval_file, out / "eval" / f"base-s{rsa_seed}", rsa_seed, config
+            )
+        for (arm, seed), model in models.items():
+            name = f"{arm}-t{seed}-s{rsa_seed}"
+            runs[(arm, seed, rsa_seed)] = evaluate(name, model, eval_file, out / "eval" / name, rsa_seed, config)
     _rsa(["report", *[str(p) for p in runs.values()], "--out", str(out / "report")])
-    table = summarise(runs, out)
+    table = summarise(runs, out, [*training_costs(models), "", gate])
     print(table)
     print(f"toy world finished in {time.perf_counter() - start:.0f} s; plots in {out / 'report'}")
     return table
