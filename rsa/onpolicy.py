@@ -139,6 +139,14 @@ class OnPolicyAggregation:
                     cand_accuracy[i] = sum(scores) / k
                     cand_pass[i] = float(max(scores) > 0)
         prompt_ids, _, _ = trainer._tokenize_prompts(final_prompts)
+        limit = getattr(getattr(trainer.model, "config", None), "max_position_embeddings", None)
+        budget = trainer.max_completion_length
+        too_long = [len(ids) for ids in prompt_ids if limit and len(ids) + budget > limit]
+        if too_long:
+            raise ValueError(
+                f"an on-policy aggregation prompt has {max(too_long)} tokens, and with max_completion_length "
+                f"{budget} exceeds the model's length {limit}; lower on_policy_k or max_completion_length"
+            )
         completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, None, {}, 1)
         self.totals["candidate_tokens"] += candidate_tokens
         self.totals["completion_tokens"] += sum(len(c) for c in completion_ids)

@@ -50,10 +50,10 @@ class ToyWorldConfig:
     candidates: int = 6
     k: str = "2-4"
     aggregate_fraction: float = 0.5
-    grpo_steps: int = 200
+    grpo_steps: int = 100
     prompts_per_step: int = 4
     num_generations: int = 8
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     max_completion_length: int = 64
     eval_population: int = 8
     eval_k: int = 3
@@ -71,11 +71,12 @@ class ToyWorldConfig:
     def quick(cls) -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         return cls(
-            pretrain=PretrainConfig(steps=300, warmup_steps=30),
+            pretrain=PretrainConfig(difficulties=("3x1", "4x1"), k_max=3, steps=300, warmup_steps=30),
             learning_rate=5e-5,
             train_problems=64,
             eval_problems=12,
             candidates=4,
+            k="2-3",
             grpo_steps=4,
             prompts_per_step=2,
             num_generations=4,
