@@ -29,6 +29,9 @@ from rsa.tasks.toy import DIFFICULTIES, ToySpec, check_derivation, generate_prob
 
 logger = logging.getLogger(__name__)
 
+#: the problem families the tokenizer's corpus covers (fixed, so that tokenizers stay the same across mixes)
+TOKENIZER_DIFFICULTIES = ("3x1", "4x1", "6x1", "4x2")
+
 
 @dataclass
 class PretrainConfig:
@@ -46,7 +49,7 @@ class PretrainConfig:
     layers: int = 4
     heads: int = 2
     intermediate_size: int = 256
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -70,7 +73,7 @@ def toy_tokenizer(seed: int = 0):
     task = get_task("toy")
     rng = random.Random(seed)
     corpus = []
-    for problem in generate_problems(400, seed + 1, [ToySpec.parse(d) for d in DIFFICULTIES]):
+    for problem in generate_problems(400, seed + 1, [ToySpec.parse(d) for d in TOKENIZER_DIFFICULTIES]):
         candidates = [noisy_solution(numbers_of(problem), rng, 0.3, 0.1, 0.1) for _ in range(3)]
         corpus.append(problem.question + "\n" + candidates[0])
         corpus.append(task.aggregation_prompt(problem, candidates)[0]["content"])

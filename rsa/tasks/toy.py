@@ -48,8 +48,9 @@ class ToySpec:
         return cls(terms, digits)
 
 
-#: the demo's mix of difficulties: short, medium and long chains of one-digit numbers, and two-digit numbers
-DIFFICULTIES = ("3x1", "4x1", "6x1", "4x2")
+#: the demo's mix of difficulties: short, medium and long chains of one-digit numbers. Two-digit numbers (`4x2`)
+#: are supported but were not learnt in 800 pre-training steps of the 64-wide model (docs/TOYWORLD.md).
+DIFFICULTIES = ("3x1", "4x1", "6x1")
 
 
 def make_problem(rng: random.Random, spec: ToySpec, index: int, prefix: str = "toy") -> Problem:
