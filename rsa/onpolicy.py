@@ -114,10 +114,10 @@ class OnPolicyAggregation:
         plan = []  # (group, problem, k)
         for start, end in groups:
             problem = self._problems.get(_content(prompts[start]))
-            if problem is None or _unit(self.seed, step, start, problem.question) >= self.fraction:
+            if problem is None or _unit(self.seed, step, problem.question) >= self.fraction:
                 continue
             lo, hi = self.k_range
-            k = lo + int(_unit(self.seed, step, start, "k", problem.question) * (hi - lo + 1))
+            k = lo + int(_unit(self.seed, step, "k", problem.question) * (hi - lo + 1))
             plan.append(((start, end), problem, k))
         candidate_tokens = 0
         if plan:
