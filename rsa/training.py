@@ -105,6 +105,17 @@ class GRPOAggScriptArguments(ScriptArguments):
         default=True,
         metadata={"help": "resume from the last checkpoint-* in output_dir when resume_from_checkpoint is unset"},
     )
+    on_policy_aggregation: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of plain prompt groups that become on-policy aggregation groups: K candidates sampled "
+            "from the current policy, then the group's completions answer their aggregation prompt "
+            "(rsa.onpolicy; 0 = off, the paper's offline mode uses rows from `rsa augment`)"
+        },
+    )
+    on_policy_k: str = field(
+        default="3", metadata={"help": "candidates per on-policy aggregation prompt: K or a range such as 2-4"}
+    )
 
     def __post_init__(self) -> None:
         if not self.dataset_files and not self.problems and not self.dataset_name:
@@ -119,6 +130,15 @@ class GRPOAggScriptArguments(ScriptArguments):
         unknown = sorted(set(self.dataset_kinds or ()) - set(KINDS))
         if unknown:
             raise ConfigError(f"dataset_kinds {unknown} unknown; use a subset of {list(KINDS)}")
+        if not 0.0 <= self.on_policy_aggregation <= 1.0:
+            raise ConfigError(f"on_policy_aggregation must be in [0, 1], got {self.on_policy_aggregation}")
+        if self.on_policy_aggregation:
+            from rsa.onpolicy import parse_k
+
+            try:
+                parse_k(self.on_policy_k)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if not self.reward_funcs:
             raise ConfigError("reward_funcs is empty; use at least one reward, e.g. [task]")
         for limit in ("problems_limit", "dataset_limit", "problems_size"):
@@ -529,7 +549,7 @@ class CompletionLogger:
                     "completion": completion_text(completion),
                     "rewards": rewards,
                     "reward": total,
-                    **{c: kwargs[c][i] for c in ("task", "kind", "problem_id") if c in kwargs},
+                    **{c: kwargs[c][i] for c in ("task", "kind", "problem_id", "rollout_prompt") if c in kwargs},
                 }
             )
         self._values = {}

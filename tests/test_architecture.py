@@ -18,6 +18,8 @@ PACKAGE = REPO / "rsa"
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rsa.types": ("rsa",),
     "rsa.jsonl": ("rsa",),
+    "rsa.stats": ("rsa",),
+    "rsa.progress": ("rsa",),
     "rsa.sandbox": ("rsa.tasks", "rsa.engines", "rsa.loop", "rsa.runs", "rsa.training", "rsa.configs"),
     "rsa.tasks": (
         "rsa.engines",

@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from rsa.tasks import get_task
-from rsa.tasks.toy import generate_problems, noisy_solution, numbers_of, solution
-from rsa.toyworld import PretrainConfig, pretraining_example
+from rsa.tasks.toy import (
+    ToySpec,
+    check_derivation,
+    difficulty_of,
+    generate_problems,
+    noisy_solution,
+    numbers_of,
+    solution,
+)
+from rsa.toyworld.pretrain import PretrainConfig, aggregation_target, pretraining_example
 
 TOY = get_task("toy")
 
@@ -40,15 +48,50 @@ def test_noisy_solutions_differ_and_slip_at_the_given_rate():
     assert len({TOY.extract(s) for s in samples}) > 3  # independent samples make different mistakes
 
 
-def test_aggregation_prompt_targets_copy_one_candidate():
+def test_derivation_checks_catch_every_error_mode():
+    numbers = [7, 5, 8, 3]
+    assert check_derivation(numbers, solution(numbers)).valid
+    slipped = check_derivation(numbers, solution(numbers, {1: 1}))
+    assert not slipped.valid and not slipped.arithmetic and slipped.addends and slipped.chain
+    wrong_addend = "7+6=13\n13+8=21\n21+3=24\n\\boxed{24}"
+    assert (lambda d: d.arithmetic and d.chain and not d.addends)(check_derivation(numbers, wrong_addend))
+    broken_chain = "7+5=12\n13+8=21\n21+3=24\n\\boxed{24}"
+    assert (lambda d: d.arithmetic and d.addends and not d.chain)(check_derivation(numbers, broken_chain))
+    for garbage in ("", "7+5=12", "7+5=12\n\\boxed{x}", "seven\n\\boxed{23}"):
+        assert not check_derivation(numbers, garbage).valid
+    rng = random.Random(2)
+    # each error mode alone makes invalid derivations at about its rate, and the checker sees all of them
+    for rates in ((0.3, 0, 0), (0, 0.3, 0), (0, 0, 0.3)):
+        samples = [noisy_solution(numbers, rng, *rates) for _ in range(1000)]
+        valid = sum(check_derivation(numbers, s).valid for s in samples) / len(samples)
+        lines = len(numbers) - 1 if rates[2] == 0 else len(numbers) - 2  # a chain can break from line 2 on
+        assert abs(valid - 0.7**lines) < 0.06, (rates, valid)
+
+
+def test_difficulty_mix():
+    specs = [ToySpec.parse(d) for d in ("3x1", "6x1", "4x2")]
+    problems = generate_problems(30, seed=5, spec=specs)
+    assert [difficulty_of(p.question) for p in problems[:3]] == ["3x1", "6x1", "4x2"]
+    assert all(difficulty_of(p.question) == p.meta["difficulty"] for p in problems)
+    with pytest.raises(ValueError, match="<terms>x<digits>"):
+        ToySpec.parse("four")
+
+
+def test_aggregation_targets_copy_a_valid_candidate_with_the_given_probability():
     rng = random.Random(1)
-    config = PretrainConfig(slip_rate=0.5)
+    config = PretrainConfig(slip_rate=0.3)
     for i in range(20):
         conversation, target = pretraining_example(rng, config, i, aggregate=True)
         text = conversation[0]["content"]
         assert "Candidates (some may be wrong)" in text and "#2" in text
         candidates = text.split("Candidates (some may be wrong):\n", 1)[1].rsplit("\nWrite the correct solution.", 1)[0]
-        assert target in candidates
+        assert target in candidates  # always a faithful copy
+    numbers = [4, 9, 2, 6]
+    good, bad = solution(numbers), solution(numbers, {0: 2})
+    picks = [aggregation_target(numbers, [bad, good, bad], rng, 0.6) for _ in range(2000)]
+    share = sum(text == good for text, _ in picks) / len(picks)
+    assert abs(share - (0.6 + 0.4 / 3)) < 0.04  # checked copy 60%, else a random one of three
+    assert all(text == bad for text, _ in (aggregation_target(numbers, [bad, bad], rng, 1.0) for _ in range(20)))
     conversation, target = pretraining_example(rng, config, 99, aggregate=False)
     assert conversation[0]["content"].startswith("Add: ") and target.endswith("}")
 
@@ -56,27 +99,43 @@ def test_aggregation_prompt_targets_copy_one_candidate():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # a few minutes alone; a shared 2-core machine can take several times longer
 def test_quick_demo_runs_every_stage(tmp_path):
-    """`rsa demo --quick`: pre-training, the augmented dataset, two GRPO arms, RSA evals, report, summary."""
+    """`rsa demo --quick`: pre-training + gate, rsa augment, three GRPO arms, RSA evals, report, summary."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=2400)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pre-training the toy base model" in proc.stderr  # the stages log to stderr, the table goes to stdout
     assert "-m rsa.train --config" in proc.stderr and "/rsa/resources/recipes/toy_grpo.yaml" in proc.stderr
-    assert "| agg | 1234 |" in proc.stdout
-    assert json.loads((out / "models" / "base" / "toy_pretrain.json").read_text())["final_loss"] < 3.0
-    agg_rows = out / "data" / "agg" / "train.parquet"
-    assert agg_rows.is_file()
-    for arm in ("standard", "agg"):
-        assert (out / "models" / arm / "model.safetensors").is_file()
-        logged = [json.loads(line) for line in (out / "models" / arm / "completions.jsonl").read_text().splitlines()]
-        kinds = {row.get("kind") for row in logged}
-        assert kinds == ({"plain"} if arm == "standard" else {"plain", "aggregate"}), kinds
-    summary = (out / "summary.md").read_text()
-    for arm in ("base", "standard", "agg"):
-        assert f"| {arm} | 1234 |" in summary
-        steps = (out / "eval" / f"{arm}-s1234" / "metrics.jsonl").read_text().splitlines()
+    # the quick base passes its gate: near its targets' plain accuracy, aggregates better than a random copy
+    gate = json.loads((out / "models" / "base" / "toy_gate.json").read_text())
+    assert gate["failures"] == [], gate
+    result = gate["result"]
+    assert result["agg"] > result["random_copy"] and result["plain"] >= result["plain_target"] - 0.12
+    assert result["exact_copy"] > 0.2  # reported by the gate; a base that cannot copy at all would be a bug
+    assert "base gate (in distribution" in proc.stdout and "-> PASS" in proc.stdout  # in the printed summary
+    assert (out / "data" / "agg" / "train.parquet").is_file()
+    expected_kinds = {"standard": {"plain"}, "offline": {"plain", "aggregate"}, "onpolicy": {"plain", "aggregate"}}
+    for arm, kinds in expected_kinds.items():
+        model = out / "models" / f"{arm}-t0"
+        assert (model / "model.safetensors").is_file()
+        logged = [json.loads(line) for line in (model / "completions.jsonl").read_text().splitlines()]
+        assert {row.get("kind") for row in logged} == kinds, arm
+        if arm == "onpolicy":  # trained on aggregation prompts built from the policy's own candidates
+            agg = [row for row in logged if row["kind"] == "aggregate"]
+            assert all("Candidates (some may be wrong)" in row["rollout_prompt"] for row in agg)
+            assert sum(row["reward"] for row in agg) > 0  # the aggregation completions earn task reward
+    # base + RSA on the quick base solves held-out problems far above chance (guessing a sum is ~0)
+    base_steps = [json.loads(s) for s in (out / "eval" / "base-s1234" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in base_steps] == [1, 2, 3]
+    assert base_steps[0]["pass_at_1"] > 0.15 and base_steps[-1]["pass_at_1"] > 0.15
+    for arm in expected_kinds:
+        steps = (out / "eval" / f"{arm}-t0-s1234" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(s)["step"] for s in steps] == [1, 2, 3]
+    summary = (out / "summary.md").read_text()
+    for text in ("## Pass@1 per RSA step", "## Paired comparisons", "## The paper's claims in this run",
+                 "RSA raises a base model's Pass@1", "beats standard RL under RSA", "## Diagnostics",
+                 "agg-aware RL (on-policy)", "## Training cost", "extra candidate tokens"):  # fmt: skip
+        assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
     # a second run resumes: every stage is found complete
     again = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],

@@ -18,7 +18,9 @@ and batch arithmetic: docs/TRAINING.md.
 The training rows are the output of `rsa augment` (docs/FORMATS.md): a mix of plain prompts and
 aggregation prompts holding K=4 candidates sampled once from the reference policy, each row scored by the
 same task scorer that grades RSA evaluations (`rsa.rewards`, routed per row by the `task` column).
-A plain problem spec (`problems: rg:...`) gives the standard-RL baseline on plain prompts only.
+A plain problem spec (`problems: rg:...`) gives the standard-RL baseline on plain prompts only; with
+`on_policy_aggregation: F` a share F of its prompt groups aggregate candidates sampled from the current
+policy instead (rsa/onpolicy.py, TRL's rollout_func hook; docs/TRAINING.md).
 
 What differs from the paper:
 - Advantage: GRPO with `scale_rewards: none` (group mean subtracted, no std scaling) instead of RLOO. RLOO's

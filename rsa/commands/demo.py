@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="demo folder (models, data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes at reduced sizes (what CI runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0)")
     p.set_defaults(func=run)
 
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     config = ToyWorldConfig.quick() if args.quick else ToyWorldConfig.full()
     if args.seeds:
         config.eval_seeds = tuple(args.seeds)
+    if args.train_seeds:
+        config.train_seeds = tuple(args.train_seeds)
     print(run_toy_world(args.out, config))
     print(f"plots: {args.out / 'report'}")
     return 0

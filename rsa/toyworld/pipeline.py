@@ -1,16 +1,20 @@
-"""The paper's key experiment in miniature, on a 2-core CPU: base vs standard RL vs aggregation-aware RL, under RSA.
+"""The paper's key experiment in miniature, on a 2-core CPU: base vs standard RL vs aggregation-aware RL
+(offline, the paper's recipe, and on-policy), under RSA, over several training and RSA seeds.
 
 Every stage calls the project's library (no command line is re-parsed), and every stage's output lands under
 one folder:
 
-    OUT/models/base          tiny model pre-trained from scratch on toy traces (rsa.toyworld.pretrain)
+    OUT/models/base          tiny model pre-trained from scratch on toy traces (rsa.toyworld.pretrain);
+                             toy_gate.json: its gate (rsa.toyworld.diagnostics)
     OUT/data/train.jsonl     training problems;  OUT/data/eval.jsonl  held-out problems
     OUT/data/agg/            rsa.augment.build_augmented_dataset: candidates from the base model, mixed prompts
-    OUT/models/standard      `python -m rsa.train` on plain prompts only (standard RL)
-    OUT/models/agg           `python -m rsa.train` on the plain + aggregation mixture (same steps, same batch)
-    OUT/eval/<arm>-s<seed>   RSA evaluation (rsa.loop + rsa.runs) of each model on the same problems and seeds
+    OUT/models/<arm>-t<s>    `python -m rsa.train`, training seed s, every arm with the same steps, batch and lr:
+                             standard (plain prompts only), offline (the augment mixture, the paper's recipe),
+                             onpolicy (plain problems; a share of groups aggregate candidates of the current policy)
+    OUT/eval/<arm>[-t<s>]-s<seed>  RSA evaluation (rsa.loop + rsa.runs) of each model on the same problems
     OUT/report/              rsa.report.write_report: table and Pass@1 / Pass@N / majority vs step plots
-    OUT/summary.md           Pass@1 at step 1 and at the last step, per arm and seed
+    OUT/summary.md           rsa.toyworld.evidence: mean and spread per arm and step, per difficulty, paired
+                             bootstrap comparisons, the paper's claims in words, diagnostics, gate, training costs
 
 A stage whose output is complete is skipped, so a killed demo resumes where it stopped. The GRPO recipe
 ships inside the package (`rsa/resources/recipes/toy_grpo.yaml`), so the demo runs from an installed wheel.
@@ -34,7 +38,8 @@ from rsa.toyworld.pretrain import PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("base", "standard", "agg")
+ARMS = ("base", "standard", "offline", "onpolicy")
+TRAINED_ARMS = ARMS[1:]
 #: the toy GRPO recipe, package data relative to the `rsa` package (configs/recipes/toy_grpo.yaml links to it)
 RECIPE = "resources/recipes/toy_grpo.yaml"
 #: hf engine options of every generation stage: float32 on CPU, large micro-batches (the model is tiny)
@@ -52,15 +57,17 @@ class ToyWorldConfig:
     candidates: int = 6
     k: str = "2-4"
     aggregate_fraction: float = 0.5
-    grpo_steps: int = 200
+    grpo_steps: int = 100
     prompts_per_step: int = 4
     num_generations: int = 8
-    learning_rate: float = 5e-5
-    max_completion_length: int = 48
+    learning_rate: float = 1e-4
+    max_completion_length: int = 64
     eval_population: int = 8
     eval_k: int = 3
     eval_steps: int = 5
     eval_seeds: tuple[int, ...] = (1234,)
+    train_seeds: tuple[int, ...] = (0,)
+    arms: tuple[str, ...] = ARMS
 
     @classmethod
     def full(cls) -> ToyWorldConfig:
@@ -71,7 +78,7 @@ class ToyWorldConfig:
     def quick(cls) -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         return cls(
-            pretrain=PretrainConfig(steps=120, warmup_steps=20),
+            pretrain=PretrainConfig(difficulties=("4x1",), steps=800),  # the gate needs a converged base
             learning_rate=5e-5,
             train_problems=64,
             eval_problems=12,
@@ -153,8 +160,9 @@ def build_dataset(base: Path, train_file: Path, out_dir: Path, config: ToyWorldC
     return dataset
 
 
-def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyWorldConfig) -> Path:
-    """GRPO from `base` on `data` (`--dataset_files` parquet or `--problems` spec) with the toy recipe.
+def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyWorldConfig, seed: int = 0) -> Path:
+    """GRPO from `base` on `data` (`--dataset_files` parquet or `--problems` spec, plus arm options) with the toy
+    recipe and training seed `seed`; writes `toy_arm.json` (wall time) next to the model.
 
     Runs `python -m rsa.train` in a subprocess: each arm gets a fresh process (TRL and accelerate keep
     process-wide state, and the trainer's memory goes back to the OS between arms), and the logged command
@@ -171,11 +179,69 @@ def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyW
             "--model_name_or_path", str(base.resolve()), "--output_dir", str(out_dir.resolve()),
             "--max_steps", str(config.grpo_steps), "--per_device_train_batch_size", str(batch),
             "--num_generations", str(config.num_generations), "--learning_rate", str(config.learning_rate),
-            "--max_completion_length", str(config.max_completion_length), *data,
+            "--max_completion_length", str(config.max_completion_length), "--seed", str(seed), *data,
         ]  # fmt: skip
-        logger.info("training %s: %s", arm, " ".join(cmd))
+        logger.info("training %s (seed %d): %s", arm, seed, " ".join(cmd))
+        start = time.perf_counter()
         subprocess.run(cmd, check=True, env=_env(), cwd=out_dir)
+    (out_dir / "toy_arm.json").write_text(
+        json.dumps({"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - start, 1)}) + "\n"
+    )
     return out_dir
+
+
+def arm_data(arm: str, train_file: Path, agg_file: Path, config: ToyWorldConfig) -> list[str]:
+    """The training-data options of an arm: the same problems; only how aggregation prompts arise differs."""
+    if arm == "standard":
+        return ["--problems", str(train_file.resolve())]
+    if arm == "offline":
+        return ["--dataset_files", str(agg_file.resolve())]
+    if arm == "onpolicy":
+        return ["--problems", str(train_file.resolve()), "--on_policy_aggregation", str(config.aggregate_fraction),
+                "--on_policy_k", config.k]  # fmt: skip
+    raise ValueError(f"unknown toy-world arm {arm!r}; use one of {TRAINED_ARMS}")
+
+
+def training_costs(models: dict[tuple[str, int], Path]) -> list[str]:
+    """Lines on each trained arm's wall time and (on-policy) candidate tokens generated, from its logs."""
+    walls: dict[str, list[float]] = {}
+    candidate_tokens: list[float] = []
+    for (arm, _), path in models.items():
+        info = path / "toy_arm.json"
+        if info.is_file():
+            walls.setdefault(arm, []).append(json.loads(info.read_text())["wall_s"])
+        state = path / "trainer_state.json"
+        if arm == "onpolicy" and state.is_file():
+            saved = json.loads(state.read_text())
+            logged = [h["onpolicy/candidate_tokens"] for h in saved["log_history"] if "onpolicy/candidate_tokens" in h]
+            if logged:  # per-batch means over logging windows, times the steps they cover
+                candidate_tokens.append(sum(logged) / len(logged) * saved["global_step"])
+    lines = ["## Training cost (same steps, batch, lr and trained completions in every arm)", ""]
+    mean = {arm: sum(values) / len(values) for arm, values in walls.items()}
+    for arm, wall in mean.items():
+        ratio = f" ({wall / mean['standard']:.2f}x standard)" if "standard" in mean and arm != "standard" else ""
+        lines.append(f"- {arm}: training wall time {wall:.0f} s per seed{ratio}")
+    if candidate_tokens:
+        lines.append(
+            f"- onpolicy: {sum(candidate_tokens) / len(candidate_tokens):.0f} extra candidate tokens generated per "
+            "training run (candidates are sampled, never trained on)"
+        )
+    return lines
+
+
+def gate_base(base: Path, config: ToyWorldConfig) -> str:
+    """Measure the base against its pre-training distribution (rsa.toyworld.diagnostics), once; the printed line."""
+    from rsa.toyworld.diagnostics import GATE_FILE, GateThresholds, gate_failures, gate_line, measure_base, write_gate
+
+    path = base / GATE_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        return gate_line(saved["result"], saved["failures"])
+    thresholds = GateThresholds()
+    result = measure_base(base, config.pretrain, max_new_tokens=config.max_completion_length)
+    failures = gate_failures(result, thresholds)
+    write_gate(base, result, failures, thresholds)
+    return gate_line(result, failures)
 
 
 def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, config: ToyWorldConfig) -> Path:
@@ -229,22 +295,12 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
     return out_dir
 
 
-def summarise(runs: dict[tuple[str, int], Path], out: Path) -> str:
-    """Markdown table of Pass@1 (step 1, last step), Pass@N and majority at the last step per arm and seed."""
-    from rsa.runs import read_jsonl, write_text_atomic
+def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
+    """The evidence report (rsa.toyworld.evidence) over all runs, written to `out/summary.md`."""
+    from rsa.runs import write_text_atomic
+    from rsa.toyworld.evidence import summarise_runs
 
-    lines = [
-        "| arm | seed | Pass@1 step 1 | Pass@1 last step | Pass@N last | majority last |",
-        "|---|---|---|---|---|---|",
-    ]
-    for (arm, seed), run_dir in runs.items():
-        steps = read_jsonl(run_dir / "metrics.jsonl")
-        first, last = steps[0], steps[-1]
-        lines.append(
-            f"| {arm} | {seed} | {first['pass_at_1']:.3f} | {last['pass_at_1']:.3f} (step {last['step']}) "
-            f"| {last['pass_at_n']:.3f} | {last['majority']:.3f} |"
-        )
-    text = "\n".join(lines) + "\n"
+    text = summarise_runs(runs, extra_lines)
     write_text_atomic(out / "summary.md", text)
     return text
 
@@ -266,17 +322,25 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     train_file, eval_file = write_problems(out / "data", config)
     agg_rows = build_dataset(base, train_file, out / "data" / "agg", config)
 
-    models = {"base": base}
-    models["standard"] = train_arm(
-        "standard", base, out / "models" / "standard", ["--problems", str(train_file.resolve())], config
-    )
-    models["agg"] = train_arm("agg", base, out / "models" / "agg", ["--dataset_files", str(agg_rows.resolve())], config)
+    gate = gate_base(base, config)
+    logger.info("%s", gate)
 
-    runs: dict[tuple[str, int], Path] = {}
-    for seed in config.eval_seeds:
-        for arm in ARMS:
-            runs[(arm, seed)] = evaluate(arm, models[arm], eval_file, out / "eval" / f"{arm}-s{seed}", seed, config)
+    models: dict[tuple[str, int], Path] = {}
+    for seed in config.train_seeds:
+        for arm in (a for a in config.arms if a != "base"):
+            data = arm_data(arm, train_file, agg_rows, config)
+            models[(arm, seed)] = train_arm(arm, base, out / "models" / f"{arm}-t{seed}", data, config, seed)
+
+    runs: dict[tuple[str, int | None, int], Path] = {}
+    for rsa_seed in config.eval_seeds:
+        if "base" in config.arms:
+            runs[("base", None, rsa_seed)] = evaluate(
+                "base", base, eval_file, out / "eval" / f"base-s{rsa_seed}", rsa_seed, config
+            )
+        for (arm, seed), model in models.items():
+            name = f"{arm}-t{seed}-s{rsa_seed}"
+            runs[(arm, seed, rsa_seed)] = evaluate(name, model, eval_file, out / "eval" / name, rsa_seed, config)
     paths = write_report(list(runs.values()), out / "report")
-    table = summarise(runs, out)
+    table = summarise(runs, out, [*training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)
     return table

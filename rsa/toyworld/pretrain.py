@@ -4,9 +4,14 @@ The pre-training traces mimic what a real base LLM brings to RSA:
 - plain prompts are answered with written partial sums that slip now and then (`slip_rate` per
   partial sum), so the model solves the task at a mediocre, non-zero accuracy at temperature 1 and
   independent samples make different mistakes;
-- aggregation prompts (K candidates) are answered by copying one candidate at random, so the model
-  follows the aggregation format but does not aggregate: base + RSA stays roughly flat.
+- the candidates of aggregation prompts come from the same generator, so they carry the model's own
+  error modes (slips, wrong addends, broken chains) and RSA populations stay in distribution;
+- aggregation prompts are answered by a noisy mixture of weak-LLM behaviours: with probability
+  `copy_valid_prob` a faithful copy of a candidate whose every line checks (when there is one),
+  otherwise a faithful copy of a random candidate. The base thus aggregates somewhat better than it
+  generates, which is why RSA lifts real base models.
 RL then decides what improves: standard RL on plain prompts, or aggregation-aware RL on the mixture.
+Nothing after pre-training knows which behaviour is right: RL learns from the task reward alone.
 """
 
 from __future__ import annotations
@@ -20,26 +25,31 @@ from pathlib import Path
 
 from rsa.tasks import get_task
 from rsa.tasks.base import Conversation
-from rsa.tasks.toy import ToySpec, generate_problems, noisy_solution, numbers_of
+from rsa.tasks.toy import DIFFICULTIES, ToySpec, check_derivation, generate_problems, noisy_solution, numbers_of
 
 logger = logging.getLogger(__name__)
+
+#: the problem families the tokenizer's corpus covers (fixed, so that tokenizers stay the same across mixes)
+TOKENIZER_DIFFICULTIES = ("3x1", "4x1", "6x1", "4x2")
 
 
 @dataclass
 class PretrainConfig:
     """Toy-world pre-training settings (defaults: a few minutes on 2 CPU cores)."""
 
-    terms: int = 4
-    digits: int = 1
-    slip_rate: float = 0.2
-    aggregation_fraction: float = 0.3
+    difficulties: tuple[str, ...] = DIFFICULTIES
+    slip_rate: float = 0.15
+    addend_rate: float = 0.04
+    chain_rate: float = 0.04
+    aggregation_fraction: float = 0.5
+    copy_valid_prob: float = 0.6
     k_min: int = 2
     k_max: int = 4
     hidden_size: int = 64
     layers: int = 4
     heads: int = 2
     intermediate_size: int = 256
-    steps: int = 450
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 50
@@ -47,9 +57,13 @@ class PretrainConfig:
     extra: dict = field(default_factory=dict)
 
     @property
-    def spec(self) -> ToySpec:
-        """The toy problem family."""
-        return ToySpec(terms=self.terms, digits=self.digits)
+    def spec(self) -> list[ToySpec]:
+        """The toy problem families (a difficulty mix, cycled through by `generate_problems`)."""
+        return [ToySpec.parse(label) for label in self.difficulties]
+
+    def solve(self, numbers, rng: random.Random) -> str:
+        """One noisy written solution with this config's error rates."""
+        return noisy_solution(numbers, rng, self.slip_rate, self.addend_rate, self.chain_rate)
 
 
 def toy_tokenizer(seed: int = 0):
@@ -59,8 +73,8 @@ def toy_tokenizer(seed: int = 0):
     task = get_task("toy")
     rng = random.Random(seed)
     corpus = []
-    for problem in generate_problems(400, seed + 1):
-        candidates = [noisy_solution(numbers_of(problem), rng, 0.3) for _ in range(3)]
+    for problem in generate_problems(400, seed + 1, [ToySpec.parse(d) for d in TOKENIZER_DIFFICULTIES]):
+        candidates = [noisy_solution(numbers_of(problem), rng, 0.3, 0.1, 0.1) for _ in range(3)]
         corpus.append(problem.question + "\n" + candidates[0])
         corpus.append(task.aggregation_prompt(problem, candidates)[0]["content"])
         corpus.append(task.aggregation_prompt(problem, candidates[:1])[0]["content"])
@@ -68,19 +82,32 @@ def toy_tokenizer(seed: int = 0):
     return build_tokenizer(vocab_size=320, seed=seed, corpus=corpus, individual_digits=True)
 
 
+def aggregation_target(numbers, candidates: list[str], rng: random.Random, copy_valid_prob: float) -> tuple[str, bool]:
+    """The weak aggregator's answer: with `copy_valid_prob` a copy of a candidate whose lines all check
+    (when one exists), otherwise a copy of a random candidate. Returns (text, whether it chose by checking)."""
+    valid = [c for c in candidates if check_derivation(numbers, c).valid]
+    if valid and rng.random() < copy_valid_prob:
+        return rng.choice(valid), True
+    return rng.choice(candidates), False
+
+
 def pretraining_example(
     rng: random.Random, config: PretrainConfig, index: int, aggregate: bool
 ) -> tuple[Conversation, str]:
     """One (prompt conversation, target text) pair: a plain solve, or (`aggregate`) an aggregation prompt
-    whose target copies one of its candidates at random."""
+    over K noisy candidates whose target is `aggregation_target`."""
     task = get_task("toy")
-    problem = generate_problems(1, rng.randrange(1 << 30), config.spec, prefix=f"pre{index}")[0]
+    specs = config.spec
+    spec = specs[rng.randrange(len(specs))]
+    problem = generate_problems(1, rng.randrange(1 << 30), spec, prefix=f"pre{index}")[0]
     numbers = numbers_of(problem)
     if not aggregate:
-        return task.plain_prompt(problem), noisy_solution(numbers, rng, config.slip_rate)
+        return task.plain_prompt(problem), config.solve(numbers, rng)
     k = rng.randint(config.k_min, config.k_max)
-    candidates = [noisy_solution(numbers, rng, config.slip_rate) for _ in range(k)]
-    return task.aggregation_prompt(problem, candidates), rng.choice(candidates)
+    candidates = [config.solve(numbers, rng) for _ in range(k)]
+    return task.aggregation_prompt(problem, candidates), aggregation_target(
+        numbers, candidates, rng, config.copy_valid_prob
+    )[0]
 
 
 def _encode(tokenizer, conversation: Conversation, target: str) -> tuple[list[int], list[int]]:
