@@ -78,3 +78,22 @@ def test_rsa_augment_with_the_openai_engine(vllm_server, tiny_model_dir, tmp_pat
     candidates = [json.loads(line) for f in sorted((out / "candidates").glob("shard_*.jsonl"))
                   for line in f.read_text().splitlines()]  # fmt: skip
     assert len(candidates) == 4 * 3 and all(c["text"] for c in candidates)
+
+
+@pytest.mark.parametrize("engine", ["hf"])
+def test_data_build_script_builds_a_dataset(tiny_model_dir, tmp_path, engine):
+    """data/build_agg_dataset.py, run as a user runs it (a subprocess from the checkout), on the tiny model."""
+    out = tmp_path / "agg"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)  # the script finds the package itself
+    argv = [sys.executable, str(REPO / "data" / "build_agg_dataset.py"), "--model", tiny_model_dir, "--engine", engine,
+            "--dtype", "float32", "--dataset", "rg:basic_arithmetic", "--size", "4", "--num-candidates", "2",
+            "--max-new-tokens", "8", "--k", "2", "--aggregate-fraction", "0.5", "--train-context-len", "512",
+            "--max-completion-length", "16", "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(r["kind"] for r in _rows(out / "train.parquet")) == ["aggregate"] * 4 + ["plain"] * 4
+    bad = subprocess.run([*argv[:2], "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--out",
+                          str(tmp_path / "x"), "--aggregate-fraction", "2"], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+    assert bad.returncode == 2 and "--aggregate-fraction" in bad.stderr and not (tmp_path / "x").exists()

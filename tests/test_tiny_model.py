@@ -34,6 +34,14 @@ def test_head_dim_below_32_is_refused(tmp_path):
 
 
 def test_cli_builds_a_model(tmp_path, capsys):
+    import json
+
+    from transformers import AutoTokenizer
+
     assert main(["tiny-model", "--out", str(tmp_path / "m"), "--vocab-size", "600"]) == 0
-    assert (tmp_path / "m" / "model.safetensors").exists()
-    assert (tmp_path / "m" / "tokenizer.json").exists()
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "m")
+    # --vocab-size took effect: the tokenizer has at most 600 entries and the embedding matches it exactly
+    assert 256 < len(tokenizer) <= 600 and config["vocab_size"] == len(tokenizer)
+    assert main(["tiny-model", "--out", str(tmp_path / "big"), "--vocab-size", "1000"]) == 0
+    assert json.loads((tmp_path / "big" / "config.json").read_text())["vocab_size"] > config["vocab_size"]
