@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
+from test_runs import records
 
 from rsa.loop import LoopConfig, request_seed
 from rsa.runs import METRICS, RunDirectory, build_manifest, run_evaluation
@@ -38,18 +39,6 @@ def answer(body: dict) -> str:
 def slow_problem_0(body: dict) -> float:
     """Problem 0's requests are slow, the others fast: the async schedule lets the others run ahead."""
     return 0.6 if "What is 0 + 1?" in body["messages"][-1]["content"] else 0.01
-
-
-def records(run_path: Path) -> dict[str, list]:
-    """Every committed record of a run, wall times removed (they differ between runs)."""
-    out = {}
-    for path in sorted(run_path.rglob("*.jsonl")):
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        for row in rows:
-            row.pop("wall_time_s", None)
-        out[str(path.relative_to(run_path))] = rows
-    out["final"] = json.loads((run_path / "final.json").read_text())
-    return out
 
 
 def new_run(path: Path, items, seed: int = 1) -> RunDirectory:
