@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="toy world: base vs standard RL vs aggregation-aware RL under RSA (CPU)")
     p.add_argument("--out", required=True, type=Path, help="demo folder (models, data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes at reduced sizes (what CI runs)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234 1235)")
     p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0)")
     p.set_defaults(func=run)
 

@@ -65,7 +65,7 @@ class ToyWorldConfig:
     eval_population: int = 8
     eval_k: int = 3
     eval_steps: int = 5
-    eval_seeds: tuple[int, ...] = (1234,)
+    eval_seeds: tuple[int, ...] = (1234, 1235)
     train_seeds: tuple[int, ...] = (0,)
     arms: tuple[str, ...] = ARMS
 
