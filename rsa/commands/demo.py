@@ -1,9 +1,10 @@
 """`rsa demo [--quick] --out DIR`: the paper's key experiment in miniature on a CPU (the README's main job).
 
-Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains a
-standard-RL arm and an aggregation-aware arm with GRPO (same steps and batch), evaluates base and both
-arms with RSA on held-out problems, and writes the report (table + Pass@1/Pass@N/majority-vs-step
-plots). See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes.
+Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains three
+arms with GRPO (standard, offline aggregation-aware, on-policy aggregation-aware; same steps and batch) for
+every training seed, evaluates base and arms with RSA on held-out problems for every RSA seed, and writes
+the report (summary with paired comparisons and claim verdicts, Pass@1/Pass@N/majority-vs-step plots).
+See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="demo folder (models, data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes at reduced sizes (what CI runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234 1235)")
-    p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0 1 2)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="training and evaluation jobs at a time, one CPU thread each (default: min(2, cores)); "
+        "the numbers do not depend on it",
+    )
     p.set_defaults(func=run)
 
 
@@ -31,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         config.eval_seeds = tuple(args.seeds)
     if args.train_seeds:
         config.train_seeds = tuple(args.train_seeds)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise SystemExit(f"rsa demo: --workers must be >= 1, got {args.workers}")
+        config.workers = args.workers
     print(run_toy_world(args.out, config))
     print(f"plots: {args.out / 'report'}")
     return 0

@@ -66,8 +66,11 @@ class ToyWorldConfig:
     eval_k: int = 3
     eval_steps: int = 5
     eval_seeds: tuple[int, ...] = (1234, 1235)
-    train_seeds: tuple[int, ...] = (0,)
+    train_seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = ARMS
+    #: training and evaluation jobs run at once; each job uses one CPU thread whatever this is, so the numbers do
+    #: not depend on it (pre-training uses every core: it is one job)
+    workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
 
     @classmethod
     def full(cls) -> ToyWorldConfig:
@@ -89,6 +92,8 @@ class ToyWorldConfig:
             eval_population=4,
             eval_k=2,
             eval_steps=3,
+            train_seeds=(0,),
+            eval_seeds=(1234,),
         )
 
 
@@ -106,7 +111,21 @@ def _env() -> dict[str, str]:
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         env.setdefault(key, "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"  # one thread per job (see ToyWorldConfig.workers)
     return env
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one CPU thread inside the block (a job's numbers then do not depend on the core count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
@@ -164,9 +183,10 @@ def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyW
     """GRPO from `base` on `data` (`--dataset_files` parquet or `--problems` spec, plus arm options) with the toy
     recipe and training seed `seed`; writes `toy_arm.json` (wall time) next to the model.
 
-    Runs `python -m rsa.train` in a subprocess: each arm gets a fresh process (TRL and accelerate keep
-    process-wide state, and the trainer's memory goes back to the OS between arms), and the logged command
-    is exactly what a user runs to repeat the arm by hand.
+    Runs `python -m rsa.train` in a subprocess on one CPU thread: each arm gets a fresh process (TRL and
+    accelerate keep process-wide state, and the trainer's memory goes back to the OS between arms), and the
+    logged command is exactly what a user runs to repeat the arm by hand. Its output goes to
+    `out_dir/train.log`; a failure raises RuntimeError with the log's last lines.
     """
     if (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file():
         logger.info("%s: trained model exists, skipping", arm)
@@ -181,12 +201,17 @@ def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyW
             "--num_generations", str(config.num_generations), "--learning_rate", str(config.learning_rate),
             "--max_completion_length", str(config.max_completion_length), "--seed", str(seed), *data,
         ]  # fmt: skip
-        logger.info("training %s (seed %d): %s", arm, seed, " ".join(cmd))
+        log = out_dir / "train.log"
+        logger.info("training %s (seed %d), log in %s: %s", arm, seed, log, " ".join(cmd))
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, env=_env(), cwd=out_dir)
-    (out_dir / "toy_arm.json").write_text(
-        json.dumps({"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - start, 1)}) + "\n"
-    )
+        with log.open("a") as stream:
+            code = subprocess.run(cmd, env=_env(), cwd=out_dir, stdout=stream, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"training {arm} (seed {seed}) failed with exit code {code}; see {log}:\n{tail}")
+    wall = round(time.perf_counter() - start, 1)
+    (out_dir / "toy_arm.json").write_text(json.dumps({"arm": arm, "seed": seed, "wall_s": wall}) + "\n")
+    logger.info("trained %s (seed %d) in %.0f s", arm, seed, wall)
     return out_dir
 
 
@@ -284,15 +309,42 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
             logger.info("%s (seed %d): evaluation complete, skipping", arm, seed)
             return out_dir
     logger.info("evaluating %s (seed %d)", arm, seed)
-    engine = make_engine("hf", model_path, **ENGINE_OPTIONS)
-    try:
-        RSALoop(engine, problems, loop_config).check_context()
-        if not run_dir.exists():
-            run_dir.create(manifest, problems)
-        run_evaluation(engine, problems, loop_config, run_dir)
-    finally:
-        engine.close()
+    with _one_thread():
+        engine = make_engine("hf", model_path, **ENGINE_OPTIONS)
+        try:
+            RSALoop(engine, problems, loop_config).check_context()
+            if not run_dir.exists():
+                run_dir.create(manifest, problems)
+            run_evaluation(engine, problems, loop_config, run_dir, progress=False)
+        finally:
+            engine.close()
+    steps = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    logger.info("evaluated %s (seed %d): Pass@1 %s", arm, seed, " -> ".join(f"{s['pass_at_1']:.3f}" for s in steps))
     return out_dir
+
+
+def _run_jobs(jobs: list[tuple], workers: int, processes: bool) -> list:
+    """Run `(function, *args)` jobs, `workers` at a time (threads, or spawned processes when `processes`),
+    and return their results in order; the first failure is raised after the running jobs end."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(*args) for fn, *args in jobs]
+    import multiprocessing
+    from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+    pool: Executor = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_logging)
+        if processes
+        else ThreadPoolExecutor(workers)
+    )
+    with pool:
+        futures = [pool.submit(fn, *args) for fn, *args in jobs]
+        return [future.result() for future in futures]
+
+
+def _worker_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
@@ -325,21 +377,26 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     gate = gate_base(base, config)
     logger.info("%s", gate)
 
-    models: dict[tuple[str, int], Path] = {}
-    for seed in config.train_seeds:
-        for arm in (a for a in config.arms if a != "base"):
-            data = arm_data(arm, train_file, agg_rows, config)
-            models[(arm, seed)] = train_arm(arm, base, out / "models" / f"{arm}-t{seed}", data, config, seed)
+    # every (arm, training seed) is a subprocess on one thread: `workers` of them at a time
+    keys = [(arm, seed) for seed in config.train_seeds for arm in config.arms if arm != "base"]
+    jobs = [
+        (train_arm, arm, base, out / "models" / f"{arm}-t{seed}", arm_data(arm, train_file, agg_rows, config),
+         config, seed)
+        for arm, seed in keys
+    ]  # fmt: skip
+    models: dict[tuple[str, int], Path] = dict(zip(keys, _run_jobs(jobs, config.workers, processes=False)))
 
-    runs: dict[tuple[str, int | None, int], Path] = {}
+    run_keys: list[tuple[str, int | None, int]] = []
+    jobs = []
     for rsa_seed in config.eval_seeds:
         if "base" in config.arms:
-            runs[("base", None, rsa_seed)] = evaluate(
-                "base", base, eval_file, out / "eval" / f"base-s{rsa_seed}", rsa_seed, config
-            )
+            run_keys.append(("base", None, rsa_seed))
+            jobs.append((evaluate, "base", base, eval_file, out / "eval" / f"base-s{rsa_seed}", rsa_seed, config))
         for (arm, seed), model in models.items():
             name = f"{arm}-t{seed}-s{rsa_seed}"
-            runs[(arm, seed, rsa_seed)] = evaluate(name, model, eval_file, out / "eval" / name, rsa_seed, config)
+            run_keys.append((arm, seed, rsa_seed))
+            jobs.append((evaluate, name, model, eval_file, out / "eval" / name, rsa_seed, config))
+    runs = dict(zip(run_keys, _run_jobs(jobs, config.workers, processes=True)))
     paths = write_report(list(runs.values()), out / "report")
     table = summarise(runs, out, [*training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)

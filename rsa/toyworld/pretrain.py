@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, progress
 
     config = config or PretrainConfig()
     out = Path(out_dir)
+    started = time.perf_counter()
     torch.manual_seed(config.seed)
     tokenizer = toy_tokenizer(config.seed)
     spec = TinyModelSpec(
@@ -200,7 +202,15 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, progress
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "toy_pretrain.json").write_text(
-        json.dumps({"config": asdict(config), "final_loss": sum(losses[-20:]) / min(20, len(losses))}, indent=2) + "\n"
+        json.dumps(
+            {
+                "config": asdict(config),
+                "final_loss": sum(losses[-20:]) / min(20, len(losses)),
+                "wall_s": round(time.perf_counter() - started, 1),
+            },
+            indent=2,
+        )
+        + "\n"
     )
     logger.info("toy model pre-trained: %s (final loss %.3f)", out, sum(losses[-20:]) / min(20, len(losses)))
     return out
