@@ -22,7 +22,9 @@ from rsa.tasks.toy import (
     numbers_of,
     solution,
 )
+from rsa.toyworld import ToyWorldConfig
 from rsa.toyworld.diagnostics import measure_base
+from rsa.toyworld.pipeline import evaluate
 from rsa.toyworld.pretrain import PretrainConfig, aggregation_target, pretraining_example
 
 TOY = get_task("toy")
@@ -113,18 +115,21 @@ def test_quick_demo_runs_every_stage(tmp_path):
     gate = json.loads((out / "models" / "base" / "toy_gate.json").read_text())
     result = gate["result"]
     assert result["plain"] >= result["plain_target"] - 0.12  # it has learned its plain distribution
-    # Aggregation vs a random copy of the same candidates, over measure_base's 96 prompts: on the quick base the
-    # two are within sampling noise (0.490 vs 0.483 and 0.469 vs 0.483 in two runs), so only "not clearly worse"
-    # is asserted, at two standard errors; docs/TOYWORLD.md says the aggregation gate is marginal at this size.
+    # Aggregation vs a random copy of the same candidates, over measure_base's 96 prompts: the quick base (800
+    # steps, one difficulty) is ahead by only a few prompts (0.635 vs 0.604 in one run), within sampling noise, so
+    # only "not clearly worse" is asserted, at two standard errors; the full demo's base is what the gate is for
+    # (docs/TOYWORLD.md).
     n = inspect.signature(measure_base).parameters["problems"].default
     assert result["agg"] > result["random_copy"] - 2 * math.sqrt(0.25 / n), result
     assert result["exact_copy"] > 0.2  # reported by the gate; a base that cannot copy at all would be a bug
     assert "base gate (in distribution" in proc.stdout  # the gate line is in the printed summary
     assert (out / "data" / "agg" / "train.parquet").is_file()
+    assert "train_runtime" not in proc.stdout  # the trainers write to their arm's train.log, not the summary
     expected_kinds = {"standard": {"plain"}, "offline": {"plain", "aggregate"}, "onpolicy": {"plain", "aggregate"}}
     for arm, kinds in expected_kinds.items():
         model = out / "models" / f"{arm}-t0"
         assert (model / "model.safetensors").is_file()
+        assert "model saved to" in (model / "train.log").read_text()
         logged = [json.loads(line) for line in (model / "completions.jsonl").read_text().splitlines()]
         assert {row.get("kind") for row in logged} == kinds, arm
         if arm == "onpolicy":  # trained on aggregation prompts built from the policy's own candidates
@@ -144,6 +149,16 @@ def test_quick_demo_runs_every_stage(tmp_path):
                  "agg-aware RL (on-policy)", "## Training cost", "extra candidate tokens"):  # fmt: skip
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
+    # the evaluations ran in worker processes; the same evaluation in this process gives the same populations
+    config = ToyWorldConfig.quick()
+    again_dir = evaluate(
+        "base", out / "models" / "base", out / "data" / "eval.jsonl", tmp_path / "inline", 1234, config
+    )
+    for path in sorted((out / "eval" / "base-s1234" / "population").glob("step_*.jsonl")):
+        texts = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+        assert texts == [
+            json.loads(line)["text"] for line in (again_dir / "population" / path.name).read_text().splitlines()
+        ]
     # a second run resumes: every stage is found complete
     again = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
                            capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -120,3 +120,28 @@ def test_grpo_with_vllm_colocate_on_plain_and_aggregation_rows(tiny_model_dir, t
     assert kinds == {"plain", "aggregate"}
     assert "switching to vLLM's in-place reload_weights" in proc.stderr
     assert "Invalid process group" not in proc.stderr  # the engine is shut down before the process group
+
+
+def test_on_policy_aggregation_with_vllm_colocate(tiny_model_dir, tmp_path):
+    """On-policy mode with vLLM rollouts: the candidates and the aggregation completions both come from the
+    colocated engine, which holds the current policy."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "out"
+    argv = [sys.executable, str(REPO / "train" / "grpo_agg.py"), "--config", str(SMOKE),
+            "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--max_steps", "2",
+            "--max_completion_length", "16", "--on_policy_aggregation", "1.0", "--on_policy_k", "2",
+            "--save_strategy", "no", *VLLM_ARGS]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    lines = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert lines and {line["kind"] for line in lines} == {"aggregate"}
+    for line in lines:  # the task's aggregation prompt around the plain question, with two candidates
+        assert line["prompt"][-1]["content"].strip() in line["rollout_prompt"]
+        assert "Candidate solution 2" in line["rollout_prompt"] and "Candidate solution 3" not in line["rollout_prompt"]
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert all(h["onpolicy/candidate_tokens"] > 0 for h in logged)
+    # the completions were sampled by vLLM, whose log-probabilities track the trainer's (the engine is synced)
+    diffs = [h["sampling/sampling_logp_difference/mean"] for h in logged]
+    assert len(diffs) == 2 and max(diffs) < 0.05, diffs

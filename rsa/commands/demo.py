@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="demo folder (models, data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes at reduced sizes (what CI runs)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234 1235)")
-    p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0 1 2)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0 1)")
     p.add_argument(
         "--workers",
         type=int,

@@ -66,7 +66,7 @@ class ToyWorldConfig:
     eval_k: int = 3
     eval_steps: int = 5
     eval_seeds: tuple[int, ...] = (1234, 1235)
-    train_seeds: tuple[int, ...] = (0, 1, 2)
+    train_seeds: tuple[int, ...] = (0, 1)
     arms: tuple[str, ...] = ARMS
     #: training and evaluation jobs run at once; each job uses one CPU thread whatever this is, so the numbers do
     #: not depend on it (pre-training uses every core: it is one job)

@@ -40,8 +40,8 @@ class PretrainConfig:
 
     difficulties: tuple[str, ...] = DIFFICULTIES
     slip_rate: float = 0.15
-    # wrong addends and broken chains stay rare: at 0.04 per line each the 64-wide model copied candidates
-    # exactly only 45% of the time after 1200 steps (59% at 0.01, 64% at 0; docs/TOYWORLD.md)
+    # wrong addends and broken chains stay rare: at 0.04 per line each, the 64-wide model learnt to copy
+    # candidates far less faithfully (experiments/toy_base_sweep.py, docs/TOYWORLD.md)
     addend_rate: float = 0.01
     chain_rate: float = 0.01
     aggregation_fraction: float = 0.6
