@@ -15,7 +15,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-TOP_LEVEL = ("rsa", "train", "configs", "launch", "data", "docs", "benchmarks", "experiments", "tests", "constraints", ".ci")
+TOP_LEVEL = (
+    "rsa",
+    "train",
+    "configs",
+    "launch",
+    "data",
+    "docs",
+    "benchmarks",
+    "experiments",
+    "tests",
+    "constraints",
+    ".ci",
+)
 
 _FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 _INLINE = re.compile(r"`([^`\n]+)`")
