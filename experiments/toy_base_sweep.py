@@ -47,6 +47,7 @@ def run_variant(name: str, changes: dict, out: Path, problems: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from rsa.runs import METRICS, read_jsonl
     from rsa.toyworld.diagnostics import measure_base, run_diagnostics
     from rsa.toyworld.pipeline import evaluate, write_problems
     from rsa.toyworld.pretrain import pretrain
@@ -64,7 +65,7 @@ def run_variant(name: str, changes: dict, out: Path, problems: int) -> dict:
     demo.pretrain = config
     _, eval_file = write_problems(out / "data", demo)
     run = evaluate("base", model, eval_file, out / "eval", 1234, demo)
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = read_jsonl(run / METRICS)
     diagnostics = run_diagnostics(run)
     row = {
         "variant": name,

@@ -76,16 +76,13 @@ def skill_table(models_dir: Path, cache_dir: Path, problems: int) -> str:
         "| copies a valid candidate when one exists |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    keys = ("plain", "agg", "random_copy", "exact_copy", "copies_valid_when_possible")
     for arm in sorted(by_arm, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER)):
         rs = by_arm[arm]
-
-        def mean(key: str, rs: list[dict] = rs) -> float:
-            return sum(r[key] for r in rs) / len(rs)
-
+        m = {key: sum(r[key] for r in rs) / len(rs) for key in keys}
         lines.append(
-            f"| {arm} | {len(rs)} | {mean('plain'):.3f} | {mean('agg'):.3f} | {mean('random_copy'):.3f} | "
-            f"{mean('agg') - mean('random_copy'):+.3f} | {mean('exact_copy'):.3f} | "
-            f"{mean('copies_valid_when_possible'):.3f} |"
+            f"| {arm} | {len(rs)} | {m['plain']:.3f} | {m['agg']:.3f} | {m['random_copy']:.3f} | "
+            f"{m['agg'] - m['random_copy']:+.3f} | {m['exact_copy']:.3f} | {m['copies_valid_when_possible']:.3f} |"
         )
     return "\n".join(lines)
 

@@ -100,19 +100,27 @@ def test_trained_weights_reach_the_colocated_engine(tiny_model_dir, tmp_path):
     assert result["path"] == "vllm-reload-weights" and result["syncs"]["vllm-reload-weights"] >= 2, result
 
 
-def test_grpo_with_vllm_colocate_on_plain_and_aggregation_rows(tiny_model_dir, tmp_path):
-    pytest.importorskip("vllm")
-    rows = write_parquet(training_rows(), tmp_path / "train.parquet")
+def _two_colocate_steps(model: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """Two GRPO steps of train/grpo_agg.py with vLLM colocate rollouts (smoke recipe, 16-token completions,
+    plus `options`); asserts that they ran and returns the process, the output folder and the trainer state."""
     out = tmp_path / "out"
     argv = [sys.executable, str(REPO / "train" / "grpo_agg.py"), "--config", str(SMOKE),
-            "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--dataset_files", str(rows),
-            "--problems", "", "--per_device_train_batch_size", "8", "--max_steps", "2",
-            "--max_completion_length", "16", *VLLM_ARGS]  # fmt: skip
-    # only the 9 rows of the file (5 plain, 4 aggregation); 2 steps x 4 prompts draw both kinds
+            "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "2",
+            "--max_completion_length", "16", *options, *VLLM_ARGS]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+    return proc, out, state
+
+
+def test_grpo_with_vllm_colocate_on_plain_and_aggregation_rows(tiny_model_dir, tmp_path):
+    pytest.importorskip("vllm")
+    rows = write_parquet(training_rows(), tmp_path / "train.parquet")
+    # only the 9 rows of the file (5 plain, 4 aggregation); 2 steps x 4 prompts draw both kinds
+    proc, out, state = _two_colocate_steps(
+        tiny_model_dir, tmp_path, "--dataset_files", str(rows), "--problems", "", "--per_device_train_batch_size", "8"
+    )
     # vLLM's sampling logprobs are compared with the trainer's: a stale engine would drift away
     diffs = [h["sampling/sampling_logp_difference/mean"] for h in state["log_history"] if "loss" in h]
     assert len(diffs) == 2 and max(diffs) < 0.05, diffs
@@ -126,15 +134,9 @@ def test_on_policy_aggregation_with_vllm_colocate(tiny_model_dir, tmp_path):
     """On-policy mode with vLLM rollouts: the candidates and the aggregation completions both come from the
     colocated engine, which holds the current policy."""
     pytest.importorskip("vllm")
-    out = tmp_path / "out"
-    argv = [sys.executable, str(REPO / "train" / "grpo_agg.py"), "--config", str(SMOKE),
-            "--model_name_or_path", tiny_model_dir, "--output_dir", str(out), "--max_steps", "2",
-            "--max_completion_length", "16", "--on_policy_aggregation", "1.0", "--on_policy_k", "2",
-            "--save_strategy", "no", *VLLM_ARGS]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=_env(), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    state = json.loads((out / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
+    _, out, state = _two_colocate_steps(
+        tiny_model_dir, tmp_path, "--on_policy_aggregation", "1.0", "--on_policy_k", "2", "--save_strategy", "no"
+    )
     lines = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert lines and {line["kind"] for line in lines} == {"aggregate"}
     for line in lines:  # the task's aggregation prompt around the plain question, with two candidates

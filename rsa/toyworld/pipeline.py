@@ -274,7 +274,7 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
     from rsa.data import load_problems
     from rsa.engines import make_engine
     from rsa.loop import LoopConfig, RSALoop
-    from rsa.runs import RunDirectory, build_manifest, model_revision, run_evaluation
+    from rsa.runs import METRICS, RunDirectory, build_manifest, model_revision, read_jsonl, run_evaluation
 
     loop_config = LoopConfig(
         population=config.eval_population,
@@ -318,33 +318,34 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
             run_evaluation(engine, problems, loop_config, run_dir, progress=False)
         finally:
             engine.close()
-    steps = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = read_jsonl(out_dir / METRICS)
     logger.info("evaluated %s (seed %d): Pass@1 %s", arm, seed, " -> ".join(f"{s['pass_at_1']:.3f}" for s in steps))
     return out_dir
 
 
 def _run_jobs(jobs: list[tuple], workers: int, processes: bool) -> list:
-    """Run `(function, *args)` jobs, `workers` at a time (threads, or spawned processes when `processes`),
-    and return their results in order; the first failure is raised after the running jobs end."""
+    """Run `(function, *args)` jobs, `workers` at a time (threads, or spawned processes that log like `rsa` when
+    `processes`), and return their results in order; the first failure is raised once every job has ended."""
     if workers <= 1 or len(jobs) <= 1:
         return [fn(*args) for fn, *args in jobs]
     import multiprocessing
     from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+    from rsa.cli import _configure_logging
+
     pool: Executor = (
-        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_logging)
+        ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_configure_logging,
+            initargs=(False,),
+        )
         if processes
         else ThreadPoolExecutor(workers)
     )
     with pool:
         futures = [pool.submit(fn, *args) for fn, *args in jobs]
         return [future.result() for future in futures]
-
-
-def _worker_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
 
 
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
