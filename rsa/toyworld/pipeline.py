@@ -331,21 +331,21 @@ def _run_jobs(jobs: list[tuple], workers: int, processes: bool) -> list:
     import multiprocessing
     from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
-    from rsa.cli import _configure_logging
-
     pool: Executor = (
-        ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_configure_logging,
-            initargs=(False,),
-        )
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_logging)
         if processes
         else ThreadPoolExecutor(workers)
     )
     with pool:
         futures = [pool.submit(fn, *args) for fn, *args in jobs]
         return [future.result() for future in futures]
+
+
+def _worker_logging() -> None:
+    # the `rsa` command's format (rsa.cli._configure_logging; the library must not import the CLI layer)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
