@@ -136,6 +136,14 @@ def slow_first_problem(body: dict) -> float:
     return 0.3 if body.get("seed", 0) % 3 == 0 else 0.02
 
 
+def _size(path: Path) -> int:
+    """The file's size; 0 when it went away between the glob and now (a pending file committed by a rename)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_async_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     from rsa.cli import main
 
@@ -154,7 +162,7 @@ def test_async_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
             while time.monotonic() < deadline and proc.poll() is None:
                 pending = list((killed / "population").glob("*.pending.jsonl")) if killed.exists() else []
                 metrics = killed / METRICS
-                if metrics.exists() and metrics.read_text().count("\n") >= 1 and any(p.stat().st_size for p in pending):
+                if metrics.exists() and metrics.read_text().count("\n") >= 1 and any(_size(p) for p in pending):
                     proc.send_signal(signal.SIGKILL)  # step 1 committed, later groups pending: mid-step
                     break
                 time.sleep(0.005)
