@@ -78,12 +78,12 @@ def test_weak_aggregator_checks_each_candidate_and_copies_the_first_marked_ok():
     problem = _problem("Pick two: 3 8 5 9 2 7 =12")
     candidates = [r"\boxed{8 5}", r"\boxed{3 9}", r"\boxed{5 7}"]
     exact = weak_aggregation(parsed, candidates, random.Random(0), slip_rate=0.0, check_prob=1.0)
-    assert exact == "#1 8+5=13 no\n#2 3+9=12 ok\n#3 5+7=12 ok\n\\boxed{3 9}"
+    assert exact == "#1 8+5=13 vs 12 no\n#2 3+9=12 vs 12 ok\n#3 5+7=12 vs 12 ok\n\\boxed{3 9}"
     assert checks_hold(parsed, exact) and get_world("pick").valid(problem, exact)
     record = check_record(parsed, candidates, exact)
     assert (record.checks, record.correct_verdicts, record.complete) == (3, 3, True)
     # a slipped check: the sum is written wrongly, the verdict follows what is written
-    slipped = "#1 8+5=12 ok\n#2 3+9=12 ok\n#3 5+7=12 ok\n\\boxed{8 5}"
+    slipped = "#1 8+5=12 vs 12 ok\n#2 3+9=12 vs 12 ok\n#3 5+7=12 vs 12 ok\n\\boxed{8 5}"
     assert not checks_hold(parsed, slipped) and not get_world("pick").valid(problem, slipped)
     assert check_record(parsed, candidates, slipped).correct_verdicts == 2
     # with slips, checks still pick a valid candidate far more often than a random copy would (1/3 here)
@@ -101,7 +101,7 @@ def test_weak_aggregator_checks_each_candidate_and_copies_the_first_marked_ok():
 
 def test_aggregation_prompts_show_candidates_by_their_answers_at_every_step():
     problem = _problem("Pick two: 3 8 5 9 2 7 =12")
-    step2 = "#1 8+5=13 no\n#2 3+9=12 ok\n\\boxed{3 9}"  # an aggregation output, a candidate at step 3
+    step2 = "#1 8+5=13 vs 12 no\n#2 3+9=12 vs 12 ok\n\\boxed{3 9}"  # an aggregation output, a candidate at step 3
     text = PICK.aggregation_prompt(problem, [r"\boxed{8 5}", step2, "no answer"])[0]["content"]
     assert text == "Pick two: 3 8 5 9 2 7 =12\nCandidates (some may be wrong):\n#1 8 5\n#2 3 9\n#3 none\nCheck each."
     conversation, target = pretraining_example(random.Random(2), ToyWorldConfig.full("pick").pretrain, 0, True, "p6", 3)
@@ -136,9 +136,9 @@ def test_diagnostics_of_a_pick_run_count_coverage_resolving_and_verdicts(tmp_pat
     _write(tmp_path / "problems.jsonl", [{"id": "a", "task": "pick", "question": question, "answer": "3 9"}])
     step1 = [r"\boxed{3 9}", r"\boxed{5 7}", r"\boxed{8 5}", r"\boxed{7 5}"]
     step2 = [
-        "#1 3+9=12 ok\n#2 8+5=13 no\n\\boxed{3 9}",  # copies a valid parent, both verdicts right
-        "#1 8+5=13 no\n#2 7+5=12 ok\n\\boxed{7 5}",  # copies a valid parent
-        "#1 8+5=12 ok\n#2 3+9=12 ok\n\\boxed{8 5}",  # one wrong verdict, copies an invalid parent
+        "#1 3+9=12 vs 12 ok\n#2 8+5=13 vs 12 no\n\\boxed{3 9}",  # copies a valid parent, both verdicts right
+        "#1 8+5=13 vs 12 no\n#2 7+5=12 vs 12 ok\n\\boxed{7 5}",  # copies a valid parent
+        "#1 8+5=12 vs 12 ok\n#2 3+9=12 vs 12 ok\n\\boxed{8 5}",  # one wrong verdict, copies an invalid parent
         r"\boxed{2 9}",  # solves anew: none of its parents' answers
     ]
     parents = [[0, 2], [2, 3], [2, 0], [2, 2]]

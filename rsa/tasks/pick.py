@@ -7,8 +7,8 @@ A problem is "Pick two: 3 8 5 9 2 7 =12"; an answer names two of the numbers in 
 Producing an answer is a search over every pair, which a ~1M-parameter model does poorly; checking one is a
 single addition. Aggregation answers therefore check each candidate with one written sum before choosing:
 
-    #1 8+5=13 no
-    #2 3+9=12 ok
+    #1 8+5=13 vs 12 no
+    #2 3+9=12 vs 12 ok
     \\boxed{3 9}
 
 Plain answers never write a sum, so RL on plain prompts alone cannot sharpen the checking that aggregation
@@ -29,7 +29,7 @@ from rsa.tasks.base import Problem, Task
 from rsa.tasks.math import last_boxed
 
 _QUESTION = re.compile(r"^Pick two: ((?:\d+ )+)=(\d+)$")
-_CHECK = re.compile(r"^#(\d+) (-?\d+)\+(-?\d+)=(-?\d+) (ok|no)$")
+_CHECK = re.compile(r"^#(\d+) (-?\d+)\+(-?\d+)=(-?\d+) vs (-?\d+) (ok|no)$")
 
 
 @dataclass(frozen=True)
@@ -146,12 +146,13 @@ def noisy_answer(problem: PickProblem, rng: random.Random, valid_rate: float) ->
 
 
 def check_line(index: int, pair: tuple[int, int] | None, target: int, written_sum: int | None = None) -> str:
-    """One check of candidate `index`: its pair, the sum as written (the true sum unless given) and the verdict
-    that follows from what is written; a candidate without an answer is marked `none`."""
+    """One check of candidate `index`: its pair, the sum as written (the true sum unless given), the target beside
+    it (a comparison a small model makes locally) and the verdict that follows from what is written; a candidate
+    without an answer is marked `none`."""
     if pair is None:
         return f"#{index} none"
     total = pair[0] + pair[1] if written_sum is None else written_sum
-    return f"#{index} {pair[0]}+{pair[1]}={total} {'ok' if total == target else 'no'}"
+    return f"#{index} {pair[0]}+{pair[1]}={total} vs {target} {'ok' if total == target else 'no'}"
 
 
 def weak_aggregation(
@@ -202,7 +203,7 @@ def check_record(problem: PickProblem, candidates: Sequence[str], output: str) -
         checks += 1
         complete = complete and (int(match.group(2)), int(match.group(3))) == pair
         truly_valid = pair is not None and problem.is_valid(pair)
-        correct += (match.group(5) == "ok") == truly_valid
+        correct += (match.group(6) == "ok") == truly_valid
     return CheckRecord(checks, correct, complete)
 
 
@@ -215,8 +216,8 @@ def checks_hold(problem: PickProblem, text: str) -> bool:
         match = _CHECK.match(line)
         if match is None:
             return False
-        a, b, total = (int(match.group(g)) for g in (2, 3, 4))
-        if a + b != total or (match.group(5) == "ok") != (total == problem.target):
+        a, b, total, target = (int(match.group(g)) for g in (2, 3, 4, 5))
+        if a + b != total or target != problem.target or (match.group(6) == "ok") != (total == target):
             return False
     return True
 
