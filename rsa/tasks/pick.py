@@ -5,7 +5,8 @@ A problem is "Pick two: 3 8 5 9 2 7 =12"; an answer names two of the numbers in 
     \\boxed{3 9}
 
 Producing an answer is a search over every pair, which a ~1M-parameter model does poorly; checking one is a
-single addition. Aggregation answers therefore check each candidate with one written sum before choosing:
+single addition. Aggregation answers therefore check the candidates in order, one written sum each, and box the
+first that checks:
 
     #1 8+5=13 vs 12 no
     #2 3+9=12 vs 12 ok
@@ -158,15 +159,15 @@ def check_line(index: int, pair: tuple[int, int] | None, target: int, written_su
 def weak_aggregation(
     problem: PickProblem, candidates: Sequence[str], rng: random.Random, slip_rate: float, check_prob: float = 1.0
 ) -> str:
-    """A weak aggregator's answer. With `check_prob` it checks every candidate with one written sum, each slipping
-    (off by 1 or 2) with `slip_rate`, then copies the first candidate marked ok (a random candidate when none is);
-    otherwise it copies a random candidate's answer without checking."""
+    """A weak aggregator's answer. With `check_prob` it checks the candidates in order with one written sum each,
+    each slipping (off by 1 or 2) with `slip_rate`, and stops at the first one marked ok, whose pair it boxes on
+    the next line (a random candidate's when none is); otherwise it copies a random candidate without checking."""
     pairs = [parse_answer(c) for c in candidates]
     answered = [p for p in pairs if p is not None]
     fallback = rng.choice(answered) if answered else tuple(rng.sample(problem.numbers, 2))
     if rng.random() >= check_prob:
         return answer_text(fallback)
-    lines, chosen = [], None
+    lines = []
     for i, pair in enumerate(pairs, 1):
         written = None
         if pair is not None:
@@ -174,9 +175,9 @@ def weak_aggregation(
             if rng.random() < slip_rate:
                 written += rng.choice([-2, -1, 1, 2])
         lines.append(check_line(i, pair, problem.target, written))
-        if chosen is None and pair is not None and written == problem.target:
-            chosen = pair
-    return "\n".join([*lines, answer_text(chosen or fallback)])
+        if pair is not None and written == problem.target:
+            return "\n".join([*lines, answer_text(pair)])
+    return "\n".join([*lines, answer_text(fallback)])
 
 
 @dataclass(frozen=True)
@@ -185,15 +186,15 @@ class CheckRecord:
 
     checks: int  # candidates the output wrote a check line for
     correct_verdicts: int  # check lines whose verdict (ok/no) is right for the candidate's true pair
-    complete: bool  # one well-formed check line per candidate, in order, each naming the candidate's pair
+    complete: bool  # well-formed check lines for the first candidates, in order, each naming its candidate's pair
 
 
 def check_record(problem: PickProblem, candidates: Sequence[str], output: str) -> CheckRecord:
-    """Compare the check lines of an aggregation `output` with the true validity of each candidate."""
+    """Compare the check lines of an aggregation `output` with the true validity of each candidate it checked."""
     pairs = [parse_answer(c) for c in candidates]
     lines = [line.strip() for line in (output or "").splitlines() if line.strip().startswith("#")]
     checks = correct = 0
-    complete = len(lines) == len(pairs)
+    complete = 0 < len(lines) <= len(pairs)
     for position, line in enumerate(lines):
         pair = pairs[position] if position < len(pairs) else None
         match = _CHECK.match(line)

@@ -84,7 +84,7 @@ def measure_base(
     `config` is the `rsa.toyworld.PretrainConfig` the model was trained with. Returns accuracies of the model and of
     its training targets, random-copy accuracy, exact-copy and valid-copy rates, overall and per difficulty; for
     worlds that gate coverage also plain Pass@`coverage_samples` (`pass_at_n`), the share of aggregation outputs
-    whose answer is none of the candidates' (`resolves`) and of check verdicts that are right (`verdicts_right`).
+    whose answer is none of the candidates' (`resolves`) and of written check verdicts that are right (`verdicts_right`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,7 +117,7 @@ def measure_base(
         record = aggregation_record(world, problem, candidates, agg)
         extra = {"pass_at_n": coverage[i]} if coverage is not None else {}
         if record["checks"] is not None:
-            extra["verdicts_right"] = record["verdicts_right"] / k
+            extra["verdicts_right"] = record["verdicts_right"] / record["checks"] if record["checks"] else None
         records.append(
             {
                 "difficulty": world.difficulty_of(problem.question),
@@ -135,7 +135,10 @@ def measure_base(
     keys += [key for key in ("resolves", "pass_at_n", "verdicts_right") if key in records[0]]
 
     def summary(subset: list[dict]) -> dict:
-        out = {key: sum(r[key] for r in subset) / len(subset) for key in keys}
+        out = {}
+        for key in keys:  # a figure an output does not have (no check line written) is left out of its mean
+            values = [r[key] for r in subset if r.get(key) is not None]
+            out[key] = sum(values) / len(values) if values else None
         with_valid = [r for r in subset if r["has_valid_candidate"]]
         out["copies_valid_when_possible"] = (
             sum(r["copies_valid"] for r in with_valid) / len(with_valid) if with_valid else None
@@ -192,7 +195,7 @@ def gate_line(result: dict, failures: Sequence[str]) -> str:
         f"copies a valid candidate when one exists {result['copies_valid_when_possible'] or 0:.3f}"
         + (
             f"; plain Pass@{result['coverage_samples']} {result['pass_at_n']:.3f}; right check verdicts "
-            f"{result.get('verdicts_right', 0):.3f}; answers none of its candidates {result['resolves']:.3f}"
+            f"{result.get('verdicts_right') or 0:.3f}; answers none of its candidates {result['resolves']:.3f}"
             if "pass_at_n" in result
             else ""
         )
@@ -220,7 +223,8 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
     line checks), `distinct_correct` (mean number of distinct correct answers per problem), and for steps >= 2
     `exact_copy` (share reproducing one of their parents), `copies_valid_when_possible` (among members whose
     parents include a valid one, the share reproducing a valid one), `resolves` (share whose answer is none of
-    their parents'), and for worlds that write checks `verdicts_right` (share of right check verdicts).
+    their parents'), and for worlds that write checks `verdicts_right` (share of the check lines written whose
+    verdict is right).
     """
     run = Path(run_dir)
     problems = {str(p["id"]): p for p in _records(run / "problems.jsonl")}
@@ -251,7 +255,7 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
                 copies += record["exact_copy"]
                 resolves += record["resolves"]
                 if record["checks"] is not None:
-                    checks += len(candidates)
+                    checks += record["checks"]
                     verdicts += record["verdicts_right"]
                 if record["has_valid_candidate"]:
                     with_valid += 1

@@ -46,8 +46,8 @@ class PretrainConfig:
     aggregation_fraction: float = 0.6
     copy_valid_prob: float = 0.6
     valid_rate: float = 0.35  # pick world: share of plain answers that are a valid pair
-    check_slip_rate: float = 0.2  # pick world: share of written checks whose sum is off by 1 or 2
-    check_prob: float = 0.6  # pick world: share of aggregation answers that check the candidates (else a random copy)
+    check_slip_rate: float = 0.1  # pick world: share of written checks whose sum is off by 1 or 2
+    check_prob: float = 0.75  # pick world: share of aggregation answers that check the candidates (else a random copy)
     k_min: int = 2
     k_max: int = 4
     hidden_size: int = 64
