@@ -22,7 +22,10 @@ ARM_NAMES = {
     "standard": "standard RL",
     "offline": "agg-aware RL (offline, paper)",
     "onpolicy": "agg-aware RL (on-policy)",
+    "cotrained": "agg-aware RL (co-trained)",
 }
+#: the aggregation-aware arms, each compared with standard RL
+AGGREGATION_ARMS = ("offline", "onpolicy", "cotrained")
 RunKey = tuple[str, "int | None", int]
 
 
@@ -107,7 +110,7 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
         comparisons.append((f"{arm}: step {last_step} vs step 1", arm, "rsa", c))
     if "standard" in arms:
         std_last = _matrix(loaded, "standard", last_step)
-        for arm in ("offline", "onpolicy"):
+        for arm in AGGREGATION_ARMS:
             if arm in arms:
                 other = _matrix(loaded, arm, last_step)
                 c = paired_bootstrap(
@@ -126,7 +129,7 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
             f"- RSA raises a base model's Pass@1 over the steps: {held[base_rsa.verdict]} "
             f"(base step {last_step} - step 1 = {base_rsa})."
         )
-    for arm in ("offline", "onpolicy"):
+    for arm in AGGREGATION_ARMS:
         c = by.get((arm, "vs-standard"))
         if c is None:
             continue
