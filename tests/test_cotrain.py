@@ -81,6 +81,14 @@ def test_settings_that_cannot_build_co_trained_groups_are_errors(tiny_model_dir,
     rows = [{"prompt": [{"role": "user", "content": "Add: 1+2"}], "task": "toy", "answer": "3", "kind": "aggregate"}]
     with pytest.raises(ValueError, match="plain-prompt rows"):
         CoTrainedAggregation(rows)
+    # at run time: the process's rows must be whole groups of one prompt each
+    rollout = CoTrainedAggregation([{**rows[0], "kind": "plain"}])
+    one, two = ([{"role": "user", "content": text}] for text in ("Add: 1+2", "Add: 2+2"))
+    assert rollout._group_starts([one] * 4 + [two] * 4, 4) == [0, 4]
+    with pytest.raises(ValueError, match="not a multiple of num_generations=4"):
+        rollout._group_starts([one] * 6, 4)
+    with pytest.raises(ValueError, match="not one prompt's group of 4"):
+        rollout._group_starts([one] * 2 + [two] * 6, 4)
     with pytest.raises(ConfigError, match="cotrained_k"):
         _parse(["--config", SMOKE, "--cotrained_aggregation", "0.5", "--cotrained_k", "x"])
     with pytest.raises(ConfigError, match="cotrained_aggregation must be in"):
