@@ -34,16 +34,16 @@ from rsa.tasks import Problem, get_task
 logger = logging.getLogger(__name__)
 
 
-def parse_k(spec: str | int) -> tuple[int, int]:
-    """`"3"` -> (3, 3), `"2-4"` -> (2, 4); ValueError naming the value otherwise."""
+def parse_k(spec: str | int, option: str = "on_policy_k") -> tuple[int, int]:
+    """`"3"` -> (3, 3), `"2-4"` -> (2, 4); ValueError naming `option` and the value otherwise."""
     text = str(spec).strip()
     try:
         low, _, high = text.partition("-")
         lo, hi = int(low), int(high or low)
     except ValueError:
-        raise ValueError(f"on_policy_k {spec!r}: expected an integer K or a range such as 2-4") from None
+        raise ValueError(f"{option} {spec!r}: expected an integer K or a range such as 2-4") from None
     if lo < 2 or hi < lo:
-        raise ValueError(f"on_policy_k {spec!r}: K must be >= 2 (and low <= high)")
+        raise ValueError(f"{option} {spec!r}: K must be >= 2 (and low <= high)")
     return lo, hi
 
 

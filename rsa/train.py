@@ -77,6 +77,23 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     )
     check_dataset_size(dataset, training_args)
     checkpoint = resume_checkpoint(training_args, script_args.auto_resume)
+    rollout_func = None
+    if script_args.cotrained_aggregation:
+        from rsa.cotrain import CoTrainedAggregation, cotrained_reward
+
+        try:
+            rollout_func = CoTrainedAggregation(
+                dataset.to_list(),
+                script_args.cotrained_aggregation,
+                script_args.cotrained_k,
+                training_args.seed,
+                training_args.num_generations,
+                training_args.per_device_train_batch_size * training_args.steps_per_generation,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        reward_funcs = [cotrained_reward(f) for f in reward_funcs]  # what TRL trains on (and the log records)
+        logger.info("co-trained rollouts: %.2f of plain groups, K=%s", rollout_func.fraction, rollout_func.k)
 
     # 2. Completions go to a local JSONL file as well as to the tracker (TRL's log_completions table).
     log_path = completions_log_path(script_args, training_args.output_dir)
@@ -92,7 +109,6 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
-    rollout_func = None
     if script_args.on_policy_aggregation:
         from rsa.onpolicy import OnPolicyAggregation
 

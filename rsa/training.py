@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 KINDS = ("plain", "aggregate")
 PROVENANCE_FILE = "rsa_training.json"
+#: row columns copied into the completion log (the rollout columns of rsa.onpolicy and rsa.cotrain included)
+LOGGED_COLUMNS = ("task", "kind", "problem_id", "rollout_prompt", "cotrain_group", "cotrain_k")
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,17 @@ class GRPOAggScriptArguments(ScriptArguments):
     on_policy_k: str = field(
         default="3", metadata={"help": "candidates per on-policy aggregation prompt: K or a range such as 2-4"}
     )
+    cotrained_aggregation: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of plain prompt groups co-trained: the group's first half is generated plain, its second "
+            "half aggregates K of those completions; plain rows are rewarded for their coverage contribution "
+            "(rsa.cotrain; 0 = off)"
+        },
+    )
+    cotrained_k: str = field(
+        default="2", metadata={"help": "candidates per co-trained aggregation prompt: K or a range such as 2-4"}
+    )
 
     def __post_init__(self) -> None:
         if not self.dataset_files and not self.problems and not self.dataset_name:
@@ -137,6 +150,17 @@ class GRPOAggScriptArguments(ScriptArguments):
 
             try:
                 parse_k(self.on_policy_k)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if not 0.0 <= self.cotrained_aggregation <= 1.0:
+            raise ConfigError(f"cotrained_aggregation must be in [0, 1], got {self.cotrained_aggregation}")
+        if self.cotrained_aggregation and self.on_policy_aggregation:
+            raise ConfigError("on_policy_aggregation and cotrained_aggregation are exclusive; set one of them to 0")
+        if self.cotrained_aggregation:
+            from rsa.onpolicy import parse_k
+
+            try:
+                parse_k(self.cotrained_k, "cotrained_k")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if not self.reward_funcs:
@@ -549,7 +573,7 @@ class CompletionLogger:
                     "completion": completion_text(completion),
                     "rewards": rewards,
                     "reward": total,
-                    **{c: kwargs[c][i] for c in ("task", "kind", "problem_id", "rollout_prompt") if c in kwargs},
+                    **{c: kwargs[c][i] for c in LOGGED_COLUMNS if c in kwargs},
                 }
             )
         self._values = {}

@@ -63,8 +63,10 @@ def test_report_shows_a_rise_and_a_difference(tmp_path):
         runs[("base", None, s)] = fake_run(tmp_path / f"base-{s}", [0.3, 0.5, 0.7], seed=s, copy=False)
         runs[("standard", 0, s)] = fake_run(tmp_path / f"std-{s}", [0.6, 0.6, 0.6], seed=10 + s, copy=False)
         runs[("onpolicy", 0, s)] = fake_run(tmp_path / f"on-{s}", [0.6, 0.6, 0.6], seed=20 + s, copy=False)
+        runs[("cotrained", 0, s)] = fake_run(tmp_path / f"co-{s}", [0.6, 0.6, 0.6], seed=30 + s, copy=False)
     text = summarise_runs(runs, ["extra line"], resamples=300)
     assert "| base | 2 |" in text and "| 3x1 | 5x1 |" in text
     assert "RSA raises a base model's Pass@1 over the steps: HELD" in text
     assert "agg-aware RL (on-policy) beats standard RL under RSA at step 3: NOT SHOWN" in text
+    assert "agg-aware RL (co-trained) beats standard RL under RSA at step 3: NOT SHOWN" in text
     assert text.rstrip().endswith("extra line")

@@ -129,7 +129,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert "base gate (in distribution" in proc.stdout  # the gate line is in the printed summary
     assert (out / "data" / "agg" / "train.parquet").is_file()
     assert "train_runtime" not in proc.stdout  # the trainers write to their arm's train.log, not the summary
-    expected_kinds = {"standard": {"plain"}, "offline": {"plain", "aggregate"}, "onpolicy": {"plain", "aggregate"}}
+    expected_kinds = {"standard": {"plain"}, "offline": {"plain", "aggregate"}, "onpolicy": {"plain", "aggregate"},
+                      "cotrained": {"plain", "aggregate"}}  # fmt: skip
     for arm, kinds in expected_kinds.items():
         model = out / "models" / f"{arm}-t0"
         assert (model / "model.safetensors").is_file()
@@ -140,6 +141,12 @@ def test_quick_demo_runs_every_stage(tmp_path):
             agg = [row for row in logged if row["kind"] == "aggregate"]
             assert all("Candidates (some may be wrong)" in row["rollout_prompt"] for row in agg)
             assert sum(row["reward"] for row in agg) > 0  # the aggregation completions earn task reward
+        if arm == "cotrained":  # every group: the second half aggregates the first half's completions
+            assert all(row["cotrain_group"] is not None for row in logged)
+            agg = [row for row in logged if row["kind"] == "aggregate"]
+            assert len(agg) * 2 == len(logged) and all(
+                "Candidates (some may be wrong)" in row["rollout_prompt"] for row in agg
+            )
     # base + RSA on the quick base solves held-out problems far above chance (guessing a sum is ~0)
     base_steps = [json.loads(s) for s in (out / "eval" / "base-s1234" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in base_steps] == [1, 2, 3]
@@ -150,7 +157,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     summary = (out / "summary.md").read_text()
     for text in ("## Pass@1 per RSA step", "## Paired comparisons", "## The paper's claims in this run",
                  "RSA raises a base model's Pass@1", "beats standard RL under RSA", "## Diagnostics",
-                 "agg-aware RL (on-policy)", "## Training cost", "extra candidate tokens"):  # fmt: skip
+                 "agg-aware RL (on-policy)", "agg-aware RL (co-trained)", "## Training cost", "extra candidate tokens",
+                 "extra prompt tokens per training run"):  # fmt: skip
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
     # the evaluations ran in worker processes; the same evaluation in this process gives the same populations

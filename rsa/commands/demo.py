@@ -1,8 +1,8 @@
 """`rsa demo [--quick] --out DIR`: the paper's key experiment in miniature on a CPU (the README's main job).
 
-Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains three
-arms with GRPO (standard, offline aggregation-aware, on-policy aggregation-aware; same steps and batch) for
-every training seed, evaluates base and arms with RSA on held-out problems for every RSA seed, and writes
+Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains four
+arms with GRPO (standard, offline aggregation-aware, on-policy aggregation-aware, co-trained; same steps and
+batch) for every training seed, evaluates base and arms with RSA on held-out problems for every RSA seed, and writes
 the report (summary with paired comparisons and claim verdicts, Pass@1/Pass@N/majority-vs-step plots).
 See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes.
 """

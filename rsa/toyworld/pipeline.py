@@ -1,5 +1,5 @@
 """The paper's key experiment in miniature, on a 2-core CPU: base vs standard RL vs aggregation-aware RL
-(offline, the paper's recipe, and on-policy), under RSA, over several training and RSA seeds.
+(offline, the paper's recipe; on-policy; co-trained), under RSA, over several training and RSA seeds.
 
 Every stage calls the project's library (no command line is re-parsed), and every stage's output lands under
 one folder:
@@ -10,7 +10,8 @@ one folder:
     OUT/data/agg/            rsa.augment.build_augmented_dataset: candidates from the base model, mixed prompts
     OUT/models/<arm>-t<s>    `python -m rsa.train`, training seed s, every arm with the same steps, batch and lr:
                              standard (plain prompts only), offline (the augment mixture, the paper's recipe),
-                             onpolicy (plain problems; a share of groups aggregate candidates of the current policy)
+                             onpolicy (plain problems; a share of groups aggregate candidates of the current policy),
+                             cotrained (plain problems; each group's second half aggregates its first half)
     OUT/eval/<arm>[-t<s>]-s<seed>  RSA evaluation (rsa.loop + rsa.runs) of each model on the same problems
     OUT/report/              rsa.report.write_report: table and Pass@1 / Pass@N / majority vs step plots
     OUT/summary.md           rsa.toyworld.evidence: mean and spread per arm and step, per difficulty, paired
@@ -38,7 +39,7 @@ from rsa.toyworld.pretrain import PretrainConfig
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("base", "standard", "offline", "onpolicy")
+ARMS = ("base", "standard", "offline", "onpolicy", "cotrained")
 #: pre-training of the pick world's base (rsa.toyworld.worlds.PickWorld)
 PICK_PRETRAIN = PretrainConfig(world="pick", difficulties=("p6", "p8"))
 TRAINED_ARMS = ARMS[1:]
@@ -225,7 +226,12 @@ def train_arm(arm: str, base: Path, out_dir: Path, data: list[str], config: ToyW
 
 
 def arm_data(arm: str, train_file: Path, agg_file: Path, config: ToyWorldConfig) -> list[str]:
-    """The training-data options of an arm: the same problems; only how aggregation prompts arise differs."""
+    """The training-data options of an arm: the same problems; only how aggregation prompts arise differs.
+
+    The co-trained arm co-trains a share 2 x `aggregate_fraction` of the groups (capped at 1), so that the share
+    of completions answering aggregation prompts is the other aggregation-aware arms'; its K is capped at the
+    plain half of a group.
+    """
     if arm == "standard":
         return ["--problems", str(train_file.resolve())]
     if arm == "offline":
@@ -233,23 +239,34 @@ def arm_data(arm: str, train_file: Path, agg_file: Path, config: ToyWorldConfig)
     if arm == "onpolicy":
         return ["--problems", str(train_file.resolve()), "--on_policy_aggregation", str(config.aggregate_fraction),
                 "--on_policy_k", config.k]  # fmt: skip
+    if arm == "cotrained":
+        from rsa.cotrain import half_sizes
+        from rsa.onpolicy import parse_k
+
+        (lo, hi), plain = parse_k(config.k), half_sizes(config.num_generations)[0]
+        share = min(1.0, 2 * config.aggregate_fraction)
+        return ["--problems", str(train_file.resolve()), "--cotrained_aggregation", str(share),
+                "--cotrained_k", f"{min(lo, plain)}-{min(hi, plain)}"]  # fmt: skip
     raise ValueError(f"unknown toy-world arm {arm!r}; use one of {TRAINED_ARMS}")
 
 
 def training_costs(models: dict[tuple[str, int], Path]) -> list[str]:
-    """Lines on each trained arm's wall time and (on-policy) candidate tokens generated, from its logs."""
+    """Lines on each trained arm's wall time, the on-policy arm's candidate tokens and the co-trained arm's extra
+    prompt tokens, from its logs."""
     walls: dict[str, list[float]] = {}
-    candidate_tokens: list[float] = []
+    extra_tokens: dict[str, list[float]] = {"onpolicy": [], "cotrained": []}
+    metric = {"onpolicy": "onpolicy/candidate_tokens", "cotrained": "cotrain/extra_prompt_tokens"}
     for (arm, _), path in models.items():
         info = path / "toy_arm.json"
         if info.is_file():
             walls.setdefault(arm, []).append(json.loads(info.read_text())["wall_s"])
         state = path / "trainer_state.json"
-        if arm == "onpolicy" and state.is_file():
+        if arm in metric and state.is_file():
             saved = json.loads(state.read_text())
-            logged = [h["onpolicy/candidate_tokens"] for h in saved["log_history"] if "onpolicy/candidate_tokens" in h]
+            logged = [h[metric[arm]] for h in saved["log_history"] if metric[arm] in h]
             if logged:  # per-batch means over logging windows, times the steps they cover
-                candidate_tokens.append(sum(logged) / len(logged) * saved["global_step"])
+                extra_tokens[arm].append(sum(logged) / len(logged) * saved["global_step"])
+    candidate_tokens = extra_tokens["onpolicy"]
     lines = ["## Training cost (same steps, batch, lr and trained completions in every arm)", ""]
     mean = {arm: sum(values) / len(values) for arm, values in walls.items()}
     for arm, wall in mean.items():
@@ -259,6 +276,13 @@ def training_costs(models: dict[tuple[str, int], Path]) -> list[str]:
         lines.append(
             f"- onpolicy: {sum(candidate_tokens) / len(candidate_tokens):.0f} extra candidate tokens generated per "
             "training run (candidates are sampled, never trained on)"
+        )
+    if extra_tokens["cotrained"]:
+        tokens = extra_tokens["cotrained"]
+        lines.append(
+            f"- cotrained: 0 extra candidate tokens (its candidates are its own plain completions); "
+            f"{sum(tokens) / len(tokens):.0f} extra prompt tokens per training run (aggregation prompts beyond "
+            "the plain prompt)"
         )
     return lines
 
