@@ -40,8 +40,9 @@ from rsa.toyworld.pretrain import PretrainConfig
 logger = logging.getLogger(__name__)
 
 ARMS = ("base", "standard", "offline", "onpolicy", "cotrained")
-#: pre-training of the pick world's base (rsa.toyworld.worlds.PickWorld)
-PICK_PRETRAIN = PretrainConfig(world="pick", difficulties=("p6", "p8"))
+#: pre-training of the pick world's base (rsa.toyworld.worlds.PickWorld): checking is learnt more slowly than the
+#: addition world's copying, so more steps and more aggregation batches (experiments/toy_base_sweep.py --world pick)
+PICK_PRETRAIN = PretrainConfig(world="pick", difficulties=("p6", "p8"), steps=2400, aggregation_fraction=0.7)
 TRAINED_ARMS = ARMS[1:]
 #: the toy GRPO recipe, package data relative to the `rsa` package (configs/recipes/toy_grpo.yaml links to it)
 RECIPE = "resources/recipes/toy_grpo.yaml"
