@@ -36,8 +36,12 @@ class GateThresholds:
     plain_gap: float = 0.12  # plain accuracy >= targets' accuracy - plain_gap
     agg_margin: float = 0.0  # aggregation accuracy > random-copy accuracy + agg_margin
     min_exact_copy: float = 0.0  # the outputs reproduce a candidate exactly at least this often (0: report only)
-    min_plain: float = 0.05  # worlds that gate coverage: plain accuracy at least this (clearly above zero)
-    coverage_gain: float = 0.15  # worlds that gate coverage: plain Pass@N >= plain accuracy + coverage_gain
+    # worlds that gate coverage (pick): plain answers are a search the base is not expected to match its targets
+    # on, so instead of plain_gap it must solve clearly above zero, cover more with N samples than with one, and
+    # aggregate clearly better than a random copy
+    min_plain: float = 0.05  # plain accuracy at least this
+    coverage_gain: float = 0.15  # plain Pass@N >= plain accuracy + coverage_gain
+    coverage_agg_margin: float = 0.1  # aggregation accuracy > random-copy accuracy + this
 
 
 def aggregation_record(world: World, problem: Problem, candidates: Sequence[str], output: str) -> dict:
@@ -72,14 +76,15 @@ def _generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: 
 def measure_base(
     model_dir: str | Path,
     config,
-    problems: int = 96,
+    problems: int | None = None,
     k: int = 3,
     seed: int = 4321,
     max_new_tokens: int = 64,
     batch_size: int = 48,
     coverage_samples: int = 8,
 ) -> dict:
-    """Sample the toy model on `problems` fresh in-distribution plain and aggregation prompts (K=`k`).
+    """Sample the toy model on `problems` (default: the world's `gate_problems`) fresh in-distribution plain and
+    aggregation prompts (K=`k`).
 
     `config` is the `rsa.toyworld.PretrainConfig` the model was trained with. Returns accuracies of the model and of
     its training targets, random-copy accuracy, exact-copy and valid-copy rates, overall and per difficulty; for
@@ -89,6 +94,7 @@ def measure_base(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     world = config.toy_world
+    problems = problems or world.gate_problems
     task = get_task(world.task)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -161,17 +167,19 @@ def gate_failures(result: dict, thresholds: GateThresholds | None = None) -> lis
     """The gate checks `result` (from `measure_base`) fails, each as a sentence; empty when the base passes."""
     t = thresholds or GateThresholds()
     failures = []
-    if result["plain"] < result["plain_target"] - t.plain_gap:
+    coverage = "pass_at_n" in result  # a world whose plain answers are a search: coverage, not imitation, is gated
+    if not coverage and result["plain"] < result["plain_target"] - t.plain_gap:
         failures.append(
             f"plain accuracy {result['plain']:.3f} is more than {t.plain_gap} below its targets' "
             f"{result['plain_target']:.3f}: pre-training has not converged"
         )
-    if result["agg"] <= result["random_copy"] + t.agg_margin:
+    margin = t.coverage_agg_margin if coverage else t.agg_margin
+    if result["agg"] <= result["random_copy"] + margin:
         failures.append(
             f"aggregation accuracy {result['agg']:.3f} does not beat a random copy of the same candidates "
-            f"({result['random_copy']:.3f} + margin {t.agg_margin})"
+            f"({result['random_copy']:.3f} + margin {margin})"
         )
-    if "pass_at_n" in result:
+    if coverage:
         if result["plain"] < t.min_plain:
             failures.append(f"plain accuracy {result['plain']:.3f} is below {t.min_plain}: the base barely solves")
         if result["pass_at_n"] < result["plain"] + t.coverage_gain:

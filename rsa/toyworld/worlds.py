@@ -34,6 +34,8 @@ class World:
     corpus_aggregation_answers = True
     #: the gate also measures coverage (plain Pass@N) and requires it
     gate_coverage = False
+    #: fresh in-distribution prompts the gate samples
+    gate_problems = 96
 
     def generate(self, n: int, seed: int, difficulties: Sequence[str], prefix: str) -> list[Problem]:
         """`n` problems from `seed`, cycling through `difficulties` (deterministic)."""
@@ -144,6 +146,7 @@ class PickWorld(World):
     difficulties = pick_task.DIFFICULTIES
     tokenizer_difficulties = ("p6", "p8")
     gate_coverage = True
+    gate_problems = 192  # the gate's margins are a few points: 96 prompts leave them within noise
 
     def generate(self, n, seed, difficulties, prefix):
         return pick_task.generate_problems(n, seed, [pick_task.PickSpec.parse(d) for d in difficulties], prefix)
