@@ -29,7 +29,7 @@ PICK = get_task("pick")
 
 
 def _problem(question: str) -> Problem:
-    return Problem(id="q", task="pick", question=question, answer="0 0")
+    return Problem(id="q", task="pick", question=question, answer=question.removeprefix("Pick two: "))
 
 
 def test_grading_accepts_any_valid_pair_and_respects_multiplicity():
@@ -45,10 +45,12 @@ def test_grading_accepts_any_valid_pair_and_respects_multiplicity():
     assert PICK.score(r"\boxed{6 6}", twice) == 1.0  # 6 is listed twice
     assert PICK.score(r"\boxed{6 6}", _problem("Pick two: 6 1 5 2 =12")) == 0.0
     assert PICK.equivalence_key("9 3", problem) == PICK.equivalence_key("3 9", problem)
-    with pytest.raises(ValueError, match="field 'question'"):
+    with pytest.raises(ValueError, match="row 3: field 'answer': a pick problem's gold answer lists"):
         PICK.validate(_problem("Add: 1+2"), "row 3")
     with pytest.raises(ValueError, match="no two listed numbers sum to 30"):
         PICK.validate(_problem("Pick two: 3 8 5 =30"), "row 3")
+    # training rows carry no question: the gold answer alone grades
+    assert PICK.score(r"\boxed{3 9}", Problem(id="r", task="pick", question="", answer="3 8 5 9 2 7 =12")) == 1.0
 
 
 def test_problems_are_deterministic_solvable_and_labelled():
@@ -57,7 +59,8 @@ def test_problems_are_deterministic_solvable_and_labelled():
     for p in problems:
         parsed = parse_question(p.question)
         assert 1 <= len(parsed.valid_pairs()) <= 2
-        assert PICK.score(rf"\boxed{{{p.answer}}}", p) == 1.0
+        pair = parsed.valid_pairs()[0]
+        assert PICK.score(rf"\boxed{{{pair[0]} {pair[1]}}}", p) == 1.0 and p.answer == p.question[len("Pick two: ") :]
         assert difficulty_of(p.question) == p.meta["difficulty"] == f"p{len(parsed.numbers)}"
     with pytest.raises(ValueError, match="p<size>"):
         PickSpec.parse("six")
@@ -136,7 +139,7 @@ def _write(path: Path, rows: list[dict]) -> None:
 
 def test_diagnostics_of_a_pick_run_count_coverage_resolving_and_verdicts(tmp_path):
     question = "Pick two: 3 8 5 9 2 7 =12"
-    _write(tmp_path / "problems.jsonl", [{"id": "a", "task": "pick", "question": question, "answer": "3 9"}])
+    _write(tmp_path / "problems.jsonl", [{"id": "a", "task": "pick", "question": question, "answer": question[10:]}])
     step1 = [r"\boxed{3 9}", r"\boxed{5 7}", r"\boxed{8 5}", r"\boxed{7 5}"]
     step2 = [
         "#1 3+9=12 vs 12 ok\n#2 8+5=13 vs 12 no\n\\boxed{3 9}",  # copies a valid parent, both verdicts right

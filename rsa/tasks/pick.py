@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from rsa.tasks.base import Problem, Task
 from rsa.tasks.math import last_boxed
 
-_QUESTION = re.compile(r"^Pick two: ((?:\d+ )+)=(\d+)$")
+_QUESTION = re.compile(r"^(?:Pick two: )?((?:\d+ )+)=(\d+)$")
 _CHECK = re.compile(r"^#(\d+) (-?\d+)\+(-?\d+)=(-?\d+) vs (-?\d+) (ok|no)$")
 
 
@@ -82,7 +82,8 @@ class PickProblem:
 
 
 def parse_question(question: str) -> PickProblem:
-    """The numbers and target of a `Pick two: a b c ... =t` question; ValueError otherwise."""
+    """The numbers and target of a `Pick two: a b c ... =t` question, or of its gold answer `a b c ... =t`;
+    ValueError otherwise."""
     match = _QUESTION.match(question.strip())
     if match is None:
         raise ValueError(f"not a pick question: {question!r} (expected 'Pick two: 3 8 5 9 2 7 =12')")
@@ -90,7 +91,9 @@ def parse_question(question: str) -> PickProblem:
 
 
 def make_problem(rng: random.Random, spec: PickSpec, index: int, prefix: str = "pick") -> Problem:
-    """One random pick problem with at least one valid pair; the gold answer is one valid pair."""
+    """One random pick problem with one or two valid pairs. Any valid pair is right, so the gold answer is what
+    decides that: the numbers and the target (`3 8 5 9 2 7 =12`); it travels with training rows, which carry no
+    question."""
     while True:
         numbers = [rng.randint(1, spec.high) for _ in range(spec.size)]
         i, j = rng.sample(range(spec.size), 2)
@@ -98,14 +101,9 @@ def make_problem(rng: random.Random, spec: PickSpec, index: int, prefix: str = "
         pairs = parsed.valid_pairs()
         if len(pairs) <= 2:  # a target that many pairs reach makes random guessing too easy
             break
-    question = "Pick two: " + " ".join(map(str, numbers)) + " =" + str(parsed.target)
-    return Problem(
-        id=f"{prefix}-{index}",
-        task="pick",
-        question=question,
-        answer=" ".join(map(str, pairs[0])),
-        meta={"difficulty": spec.label},
-    )
+    gold = " ".join(map(str, numbers)) + " =" + str(parsed.target)
+    return Problem(id=f"{prefix}-{index}", task="pick", question="Pick two: " + gold, answer=gold,
+                   meta={"difficulty": spec.label})  # fmt: skip
 
 
 def generate_problems(
@@ -255,11 +253,12 @@ class PickTask(Task):
         return f"{pair[0]} {pair[1]}" if pair else None
 
     def score_extracted(self, extracted: str | None, problem: Problem) -> float:
-        """1.0 when the pair is two listed numbers that sum to the target (any valid pair counts)."""
-        if extracted is None:
+        """1.0 when the pair is two listed numbers that sum to the target (any valid pair counts); the numbers and
+        target are read from the gold answer."""
+        if extracted is None or problem.answer is None:
             return 0.0
         pair = tuple(int(x) for x in extracted.split())
-        return 1.0 if parse_question(problem.question).is_valid(pair) else 0.0
+        return 1.0 if parse_question(str(problem.answer)).is_valid(pair) else 0.0
 
     def equivalence_key(self, extracted: str | None, problem: Problem):
         """The pair as a sorted tuple (order does not matter)."""
@@ -270,10 +269,14 @@ class PickTask(Task):
         return sorted(a.split()) == sorted(b.split())
 
     def validate(self, problem: Problem, where: str) -> None:
-        """The question must be a well-formed pick question with at least one valid pair."""
+        """The gold answer must list the numbers and the target (`3 8 5 9 2 7 =12`), with at least one valid pair."""
+        super().validate(problem, where)
         try:
-            parsed = parse_question(problem.question)
-        except ValueError as exc:
-            raise ValueError(f"{where}: field 'question': {exc}") from None
+            parsed = parse_question(str(problem.answer))
+        except ValueError:
+            raise ValueError(
+                f"{where}: field 'answer': a pick problem's gold answer lists its numbers and target, e.g. "
+                f"'3 8 5 9 2 7 =12'; got {problem.answer!r}"
+            ) from None
         if not parsed.valid_pairs():
-            raise ValueError(f"{where}: field 'question': no two listed numbers sum to {parsed.target}")
+            raise ValueError(f"{where}: field 'answer': no two listed numbers sum to {parsed.target}")
