@@ -156,6 +156,7 @@ def test_diagnostics_of_a_pick_run_count_coverage_resolving_and_verdicts(tmp_pat
     assert first["distinct_correct"] == 2  # {3, 9} and {5, 7}
     assert first["valid"] == 0.75 and "resolves" not in first
     assert second["resolves"] == 0.25 and second["exact_copy"] == 0.75
+    assert second["checking"] == 0.75  # the fourth output boxes an answer without checking
     assert second["verdicts_right"] == 5 / 6  # right verdicts among the six check lines written
     assert second["copies_valid_when_possible"] == 2 / 3  # three had a valid parent; two of them copy one
     assert second["valid"] == 0.5

@@ -123,6 +123,7 @@ def measure_base(
         record = aggregation_record(world, problem, candidates, agg)
         extra = {"pass_at_n": coverage[i]} if coverage is not None else {}
         if record["checks"] is not None:
+            extra["checking"] = float(record["checks"] > 0)
             extra["verdicts_right"] = record["verdicts_right"] / record["checks"] if record["checks"] else None
         records.append(
             {
@@ -138,7 +139,7 @@ def measure_base(
             }
         )
     keys = ["plain", "plain_target", "agg", "agg_target", "random_copy", "exact_copy", "valid"]
-    keys += [key for key in ("resolves", "pass_at_n", "verdicts_right") if key in records[0]]
+    keys += [key for key in ("resolves", "pass_at_n", "checking", "verdicts_right") if key in records[0]]
 
     def summary(subset: list[dict]) -> dict:
         out = {}
@@ -202,8 +203,9 @@ def gate_line(result: dict, failures: Sequence[str]) -> str:
         f"(targets {result['agg_target']:.3f}); exact copy {result['exact_copy']:.3f}; "
         f"copies a valid candidate when one exists {result['copies_valid_when_possible'] or 0:.3f}"
         + (
-            f"; plain Pass@{result['coverage_samples']} {result['pass_at_n']:.3f}; right check verdicts "
-            f"{result.get('verdicts_right') or 0:.3f}; answers none of its candidates {result['resolves']:.3f}"
+            f"; plain Pass@{result['coverage_samples']} {result['pass_at_n']:.3f}; checks candidates "
+            f"{result.get('checking') or 0:.3f}, right verdicts {result.get('verdicts_right') or 0:.3f}; answers none "
+            f"of its candidates {result['resolves']:.3f}"
             if "pass_at_n" in result
             else ""
         )
@@ -231,8 +233,8 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
     line checks), `distinct_correct` (mean number of distinct correct answers per problem), and for steps >= 2
     `exact_copy` (share reproducing one of their parents), `copies_valid_when_possible` (among members whose
     parents include a valid one, the share reproducing a valid one), `resolves` (share whose answer is none of
-    their parents'), and for worlds that write checks `verdicts_right` (share of the check lines written whose
-    verdict is right).
+    their parents'), and for worlds that write checks `checking` (share of aggregations that check at least one
+    candidate) and `verdicts_right` (share of the check lines written whose verdict is right).
     """
     run = Path(run_dir)
     problems = {str(p["id"]): p for p in _records(run / "problems.jsonl")}
@@ -245,7 +247,7 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
         step = int(path.stem.split("_")[1])
         current: dict[str, dict[int, str]] = {}
         correct: dict[str, set] = {pid: set() for pid in problems}
-        valid = copies = with_valid = copies_valid = aggregated = resolves = checks = verdicts = 0
+        valid = copies = with_valid = copies_valid = aggregated = resolves = checks = verdicts = checking = 0
         for m in members:
             pid = str(m["problem_id"])
             row = problems[pid]
@@ -265,6 +267,7 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
                 if record["checks"] is not None:
                     checks += record["checks"]
                     verdicts += record["verdicts_right"]
+                    checking += record["checks"] > 0
                 if record["has_valid_candidate"]:
                     with_valid += 1
                     copies_valid += record["copies_valid"]
@@ -278,6 +281,8 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
             row["exact_copy"] = copies / aggregated
             row["copies_valid_when_possible"] = copies_valid / with_valid if with_valid else None
             row["resolves"] = resolves / aggregated
+            if record["checks"] is not None:
+                row["checking"] = checking / aggregated
             if checks:
                 row["verdicts_right"] = verdicts / checks
         out.append(row)

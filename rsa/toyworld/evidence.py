@@ -174,16 +174,19 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
         "",
         "## Mechanism (all runs pooled): coverage of the step-1 population (Pass@N, distinct correct answers per "
         "problem); at step 2, the share of aggregations whose answer is none of their candidates' (solving anew "
-        "instead of aggregating) and, where outputs check candidates, the share of right check verdicts",
+        "instead of aggregating) and, where outputs check candidates, the share that check and the share of right "
+        "check verdicts",
         "",
-        "| arm | Pass@N step 1 | distinct correct step 1 | answers none of its candidates step 2 | right verdicts step 2 |",
-        "|---|---|---|---|---|",
+        "| arm | Pass@N step 1 | distinct correct step 1 | answers none of its candidates step 2 | checks step 2 | "
+        "right verdicts step 2 |",
+        "|---|---|---|---|---|---|",
     ]
     for arm in arms:
         pass_n = spread(_matrix(loaded, arm, 1, "pass_at_n").mean(axis=1))
         lines.append(
             f"| {ARM_NAMES[arm]} | {pass_n} | {fmt(mean_of(arm, 1, 'distinct_correct'))} | "
-            f"{fmt(mean_of(arm, 2, 'resolves'))} | {fmt(mean_of(arm, 2, 'verdicts_right'))} |"
+            f"{fmt(mean_of(arm, 2, 'resolves'))} | {fmt(mean_of(arm, 2, 'checking'))} | "
+            f"{fmt(mean_of(arm, 2, 'verdicts_right'))} |"
         )
     if extra_lines:
         lines += ["", *extra_lines]

@@ -87,7 +87,7 @@ class ToyWorldConfig:
     def quick(cls, world: str = "add") -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         pretrain = (
-            replace(PICK_PRETRAIN, steps=800)
+            replace(PICK_PRETRAIN, steps=1600)  # checking needs more steps than copying to pass the gate
             if world == "pick"
             else PretrainConfig(world=world, difficulties=("4x1",), steps=800)  # the gate needs a converged base
         )
