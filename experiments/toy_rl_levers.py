@@ -1,8 +1,8 @@
 """Does aggregation-aware RL pull ahead of standard RL with a larger RL budget or more aggregation prompts?
 
-    .venv/bin/python experiments/toy_rl_levers.py --demo runs/demo --out runs/rl-levers [--workers 2]
+    .venv/bin/python experiments/toy_rl_levers.py --demo runs/demo-add --out runs/rl-levers [--workers 2]
 
-Starts from a finished `make demo` (`--demo`, its output folder; its base must have been pre-trained with the
+Starts from a finished addition-world demo (`rsa demo --world add --out runs/demo-add`; `--demo`, its output folder; its base must have been pre-trained with the
 shipped `PretrainConfig`, so every variant shares the demo's base, gate and held-out problems). For each variant
 in `VARIANTS` it runs the demo pipeline (`rsa.toyworld.pipeline.run_toy_world`) under `--out/v<i>` with the
 demo's `ToyWorldConfig` changed only as listed: all four arms, the demo's training seeds and RSA seeds, equal
@@ -107,7 +107,7 @@ def main() -> int:
         out = args.out / f"v{i}"
         if not (out / "models" / "base").is_dir():
             shutil.copytree(base, out / "models" / "base")  # a copy: the variant never writes into the demo
-        config = replace(ToyWorldConfig.full(), workers=args.workers, **changes)
+        config = replace(ToyWorldConfig.full("add"), workers=args.workers, **changes)
         table = run_toy_world(out, config)
         print(f"## Variant: {name} ({', '.join(f'{k}={v}' for k, v in changes.items())})\n\n{table}\n", flush=True)
         sections.append((f"variant: {name}", out, out / "skill"))

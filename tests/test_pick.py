@@ -162,6 +162,14 @@ def test_diagnostics_of_a_pick_run_count_coverage_resolving_and_verdicts(tmp_pat
     assert second["valid"] == 0.5
 
 
+def test_the_cli_lists_the_library_worlds_and_default():
+    from rsa.commands import demo
+    from rsa.toyworld.pipeline import DEFAULT_WORLD
+    from rsa.toyworld.worlds import WORLDS
+
+    assert set(demo.WORLD_NAMES) == set(WORLDS) and demo.DEFAULT_WORLD == DEFAULT_WORLD
+
+
 def test_pretraining_config_rejects_an_unknown_world():
     with pytest.raises(ValueError, match="unknown toy world 'chess'; known worlds: add, pick"):
         PretrainConfig(world="chess")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from rsa.tasks.toy import (
     solution,
 )
 from rsa.toyworld import ToyWorldConfig
-from rsa.toyworld.pipeline import evaluate
+from rsa.toyworld.pipeline import DEFAULT_WORLD, evaluate
 from rsa.toyworld.pretrain import PretrainConfig, pretraining_example
 from rsa.toyworld.worlds import get_world
 
@@ -106,24 +105,21 @@ def test_aggregation_targets_copy_a_valid_candidate_with_the_given_probability()
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # a few minutes alone; a shared 2-core machine can take several times longer
 def test_quick_demo_runs_every_stage(tmp_path):
-    """`rsa demo --quick`: pre-training + gate, rsa augment, three GRPO arms, RSA evals, report, summary."""
+    """`rsa demo --quick` (the pick world): pre-training + enforced gate, rsa augment, four GRPO arms, RSA evals,
+    report, summary."""
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "rsa.cli", "demo", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=2400)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pre-training the toy base model" in proc.stderr  # the stages log to stderr, the table goes to stdout
     assert "-m rsa.train --config" in proc.stderr and "/rsa/resources/recipes/toy_grpo.yaml" in proc.stderr
-    # the quick base's gate, as measured and written by the demo
+    # the quick base's gate, as measured, written and enforced by the demo (pick world: coverage and checking)
     gate = json.loads((out / "models" / "base" / "toy_gate.json").read_text())
     result = gate["result"]
-    assert result["plain"] >= result["plain_target"] - 0.12  # it has learned its plain distribution
-    # Aggregation vs a random copy of the same candidates, over measure_base's 96 prompts: the quick base (800
-    # steps, one difficulty) is ahead by only a few prompts (0.635 vs 0.604 in one run), within sampling noise, so
-    # only "not clearly worse" is asserted, at two standard errors; the full demo's base is what the gate is for
-    # (docs/TOYWORLD.md).
-    n = result["problems"]
-    assert result["agg"] > result["random_copy"] - 2 * math.sqrt(0.25 / n), result
-    assert result["exact_copy"] > 0.2  # reported by the gate; a base that cannot copy at all would be a bug
+    assert gate["failures"] == [] and result["world"] == DEFAULT_WORLD == "pick"
+    assert result["plain"] >= 0.05 and result["pass_at_n"] >= result["plain"] + 0.15  # it solves, and covers more
+    assert result["agg"] > result["random_copy"] + 0.1, result  # it aggregates clearly better than a random copy
+    assert result["checking"] > 0.5 and result["verdicts_right"] > 0.6  # by checking its candidates
     assert "base gate (in distribution" in proc.stdout  # the gate line is in the printed summary
     assert (out / "data" / "agg" / "train.parquet").is_file()
     assert "train_runtime" not in proc.stdout  # the trainers write to their arm's train.log, not the summary
@@ -145,10 +141,10 @@ def test_quick_demo_runs_every_stage(tmp_path):
             assert len(agg) * 2 == len(logged) and all(
                 "Candidates (some may be wrong)" in row["rollout_prompt"] for row in agg
             )
-    # base + RSA on the quick base solves held-out problems far above chance (guessing a sum is ~0)
+    # base + RSA on the quick base: populations that solve above zero and that aggregation lifts
     base_steps = [json.loads(s) for s in (out / "eval" / "base-s1234" / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in base_steps] == [1, 2, 3]
-    assert base_steps[0]["pass_at_1"] > 0.15 and base_steps[-1]["pass_at_1"] > 0.15
+    assert 0 < base_steps[0]["pass_at_1"] < base_steps[-1]["pass_at_1"], base_steps
     for arm in expected_kinds:
         steps = (out / "eval" / f"{arm}-t0-s1234" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(s)["step"] for s in steps] == [1, 2, 3]
@@ -160,7 +156,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
     # the evaluations ran in worker processes; the same evaluation in this process gives the same populations
-    config = ToyWorldConfig.quick()
+    config = ToyWorldConfig.quick(DEFAULT_WORLD)
     again_dir = evaluate(
         "base", out / "models" / "base", out / "data" / "eval.jsonl", tmp_path / "inline", 1234, config
     )

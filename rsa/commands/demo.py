@@ -1,6 +1,6 @@
 """`rsa demo [--quick] --out DIR`: the paper's key experiment in miniature on a CPU (the README's main job).
 
-Pre-trains a tiny model on a toy addition task, builds an aggregation-aware dataset from it, trains four
+Pre-trains a tiny model on a toy task (`--world pick`, the default, or `add`), builds an aggregation-aware dataset from it, trains four
 arms with GRPO (standard, offline aggregation-aware, on-policy aggregation-aware, co-trained; same steps and
 batch) for every training seed, evaluates base and arms with RSA on held-out problems for every RSA seed, and writes
 the report (summary with paired comparisons and claim verdicts, Pass@1/Pass@N/majority-vs-step plots).
@@ -14,7 +14,7 @@ from pathlib import Path
 
 #: the toy worlds (rsa.toyworld.worlds; listed here so that `rsa --help` does not import the library)
 WORLD_NAMES = ("add", "pick")
-DEFAULT_WORLD = "add"
+DEFAULT_WORLD = "pick"  # rsa.toyworld.pipeline.DEFAULT_WORLD (tests/test_toyworld.py checks they agree)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

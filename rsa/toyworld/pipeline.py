@@ -40,6 +40,8 @@ from rsa.toyworld.pretrain import PretrainConfig
 logger = logging.getLogger(__name__)
 
 ARMS = ("base", "standard", "offline", "onpolicy", "cotrained")
+#: the world `rsa demo` runs: pick, where checking a candidate is a different skill from solving (docs/TOYWORLD.md)
+DEFAULT_WORLD = "pick"
 #: pre-training of the pick world's base (rsa.toyworld.worlds.PickWorld): checking is learnt more slowly than the
 #: addition world's copying, so more steps and more aggregation batches (experiments/toy_base_sweep.py --world pick)
 PICK_PRETRAIN = PretrainConfig(world="pick", difficulties=("p6", "p8"), steps=2400, aggregation_fraction=0.7)
@@ -77,14 +79,14 @@ class ToyWorldConfig:
     workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
 
     @classmethod
-    def full(cls, world: str = "add") -> ToyWorldConfig:
-        """The README demo in `world` (`add` or `pick`, rsa.toyworld.worlds)."""
+    def full(cls, world: str = DEFAULT_WORLD) -> ToyWorldConfig:
+        """The README demo in `world` (`pick`, the default, or `add`; rsa.toyworld.worlds)."""
         if world == "pick":
             return cls(pretrain=PICK_PRETRAIN)
         return cls(pretrain=PretrainConfig(world=world))
 
     @classmethod
-    def quick(cls, world: str = "add") -> ToyWorldConfig:
+    def quick(cls, world: str = DEFAULT_WORLD) -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
         pretrain = (
             replace(PICK_PRETRAIN, steps=1600)  # checking needs more steps than copying to pass the gate
