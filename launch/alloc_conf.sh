@@ -6,7 +6,7 @@
 clear_expandable_segments() {
   local conf="${PYTORCH_CUDA_ALLOC_CONF:-}" kept
   case "$conf" in *expandable_segments*) ;; *) return 0 ;; esac
-  kept="$(printf '%s' "$conf" | tr ',' '\n' | grep -v '^ *expandable_segments' | paste -sd, -)"
+  kept="$(printf '%s' "$conf" | tr ',' '\n' | { grep -v '^ *expandable_segments' || true; } | paste -sd, -)"
   echo "PYTORCH_CUDA_ALLOC_CONF=$conf: dropping expandable_segments (it breaks vLLM's sleep mode)" >&2
   if [ -n "$kept" ]; then export PYTORCH_CUDA_ALLOC_CONF="$kept"; else unset PYTORCH_CUDA_ALLOC_CONF; fi
 }
