@@ -82,12 +82,18 @@ def test_on_policy_rollouts_train_on_aggregation_prompts_of_the_current_policy(t
     assert any(not before[k].equal(after[k]) for k in before), "two on-policy GRPO steps changed no parameter"
 
 
-def _launch(argv: list, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def _launch(argv: list, cwd: Path, timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
     """`accelerate launch --num_processes 2 ARGV` on CPU with bounded time (a collective mismatch hangs)."""
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "2",
                "--mixed_precision", "no", "--dynamo_backend", "no", *map(str, argv)]  # fmt: skip
     cache = REPO / ".cache" / "torch_extensions"  # DeepSpeed's CPU op, built once (tests/test_deepspeed.py)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(cache), "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TORCH_EXTENSIONS_DIR": str(cache),
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        **extra_env,
+    }
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -123,13 +129,19 @@ def test_server_mode_gives_every_process_candidates_of_its_own_problems(tiny_mod
 @pytest.mark.slow
 def test_on_policy_zero3_two_processes_with_a_step_where_one_process_has_no_group(tiny_model_dir, tmp_path):
     """Real GRPO steps, 2 processes under ZeRO-3 with HF generation (gloo). Before the fix: gloo's "Received
-    data size doesn't match expected size" in the third step (one process skipped candidate generation)."""
+    data size doesn't match expected size" in the third step (one process skipped candidate generation).
+    tests/gather_counter.py counts the whole-model gathers of each generation round: one, also when the round
+    generates candidates and then completions (it was two)."""
     out = tmp_path / "out"
     argv = ["--config_file", REPO / "configs" / "accelerate" / "zero3.yaml", SCRIPT, "--config", SMOKE,
             "--model_name_or_path", tiny_model_dir, "--output_dir", out, "--max_steps", "4",
-            "--on_policy_aggregation", "0.25", "--save_strategy", "no"]  # fmt: skip
-    result = _launch(argv, REPO)
+            "--on_policy_aggregation", "0.25", "--save_strategy", "no", "--reward_funcs", "task", "length_shaping",
+            "gather_counter.reward_count_gathers", "--reward_weights", "1", "1", "0"]  # fmt: skip
+    pythonpath = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    result = _launch(argv, REPO, PYTHONPATH=pythonpath, GATHER_LOG=str(tmp_path / "gathers"))
     assert result.returncode == 0, result.stderr[-4000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"gathers.{rank}").read_text().split() == ["1"] * 4, rank
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     from rsa.training import read_completions
 
