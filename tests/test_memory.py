@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "recipes" / "qwen3_4b_agg.yaml"
 
 
-def _header() -> str:
+def _header(recipe: Path = RECIPE) -> str:
     """The recipe's comment lines without their `#`, as one line of words."""
     return " ".join(
-        " ".join(line.lstrip("#").split()) for line in RECIPE.read_text().splitlines() if line.startswith("#")
+        " ".join(line.lstrip("#").split()) for line in recipe.read_text().splitlines() if line.startswith("#")
     )
 
 
@@ -51,3 +51,17 @@ def test_40gb_cards_need_the_override_the_header_states():
     fixed = colocate_sizing(QWEN3_4B, card, override, context, processes=8)
     assert fixed.fits and override >= smallest_utilization(QWEN3_4B, card, context, sequences=2)
     assert f"{fixed.full_sequences:.1f} sequences" in header and f"vLLM {fixed.vllm_gib:.1f} + trainer" in header
+
+
+def test_standard_recipe_header_quotes_its_shorter_context():
+    recipe_file = REPO / "configs" / "recipes" / "qwen3_4b_standard.yaml"
+    recipe = yaml.safe_load(recipe_file.read_text())
+    header = _header(recipe_file)
+    utilization, context = recipe["vllm_gpu_memory_utilization"], recipe["vllm_max_model_length"]
+    small = colocate_sizing(QWEN3_4B, 40.0, utilization, context, processes=8)
+    large = colocate_sizing(QWEN3_4B, 79.6, utilization, context, processes=8)
+    assert small.fits and large.fits
+    for quoted in (f"{context:,} tokens a sequence needs {small.kv_per_sequence_gib:.2f} GiB",
+                   f"KV cache {small.kv_cache_gib:.1f} GiB, {small.full_sequences:.1f} sequences",
+                   f"80 GB: {large.full_sequences:.1f}"):  # fmt: skip
+        assert quoted in header, quoted
