@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rsa.tasks import get_task
+from rsa.tasks import Problem, get_task
 from rsa.tasks.toy import (
     ToySpec,
     check_derivation,
@@ -25,7 +25,8 @@ from rsa.tasks.toy import (
 from rsa.toyworld import ToyWorldConfig
 from rsa.toyworld.diagnostics import measure_base
 from rsa.toyworld.pipeline import evaluate
-from rsa.toyworld.pretrain import PretrainConfig, aggregation_target, pretraining_example
+from rsa.toyworld.pretrain import PretrainConfig, pretraining_example
+from rsa.toyworld.worlds import get_world
 
 TOY = get_task("toy")
 
@@ -92,11 +93,14 @@ def test_aggregation_targets_copy_a_valid_candidate_with_the_given_probability()
         candidates = text.split("Candidates (some may be wrong):\n", 1)[1].rsplit("\nWrite the correct solution.", 1)[0]
         assert target in candidates  # always a faithful copy
     numbers = [4, 9, 2, 6]
+    problem = Problem(id="p", task="toy", question="Add: 4+9+2+6", answer="21")
+    world = get_world("add")
     good, bad = solution(numbers), solution(numbers, {0: 2})
-    picks = [aggregation_target(numbers, [bad, good, bad], rng, 0.6) for _ in range(2000)]
-    share = sum(text == good for text, _ in picks) / len(picks)
+    picks = [world.aggregation_target(problem, [bad, good, bad], rng, config) for _ in range(2000)]
+    share = sum(text == good for text in picks) / len(picks)
     assert abs(share - (0.6 + 0.4 / 3)) < 0.04  # checked copy 60%, else a random one of three
-    assert all(text == bad for text, _ in (aggregation_target(numbers, [bad, bad], rng, 1.0) for _ in range(20)))
+    always = PretrainConfig(copy_valid_prob=1.0)
+    assert all(world.aggregation_target(problem, [bad, bad], rng, always) == bad for _ in range(20))
     conversation, target = pretraining_example(rng, config, 99, aggregate=False)
     assert conversation[0]["content"].startswith("Add: ") and target.endswith("}")
 

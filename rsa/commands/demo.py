@@ -12,12 +12,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: the toy worlds (rsa.toyworld.worlds; listed here so that `rsa --help` does not import the library)
+WORLD_NAMES = ("add", "pick")
+DEFAULT_WORLD = "add"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the `demo` subcommand."""
     p = sub.add_parser("demo", help="toy world: base vs standard RL vs aggregation-aware RL under RSA (CPU)")
     p.add_argument("--out", required=True, type=Path, help="demo folder (models, data, runs, report)")
     p.add_argument("--quick", action="store_true", help="a few minutes at reduced sizes (what CI runs)")
+    p.add_argument(
+        "--world",
+        choices=sorted(WORLD_NAMES),
+        default=DEFAULT_WORLD,
+        help=f"toy task family (default {DEFAULT_WORLD}): pick (checking a candidate is one sum, solving is a search) "
+        "or add (multi-term addition, where checking and solving are the same skill); docs/TOYWORLD.md",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="RSA evaluation seeds (default 1234 1235)")
     p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="GRPO training seeds (default 0 1)")
     p.add_argument(
@@ -34,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Run or resume the toy world under `args.out`; prints the summary table."""
     from rsa.toyworld import ToyWorldConfig, run_toy_world
 
-    config = ToyWorldConfig.quick() if args.quick else ToyWorldConfig.full()
+    config = ToyWorldConfig.quick(args.world) if args.quick else ToyWorldConfig.full(args.world)
     if args.seeds:
         config.eval_seeds = tuple(args.seeds)
     if args.train_seeds:

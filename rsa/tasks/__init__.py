@@ -12,6 +12,7 @@ _REGISTRY: dict[str, str] = {
     "rg": "rsa.tasks.reasoning_gym:ReasoningGymTask",
     "mcq": "rsa.tasks.mcq:MultipleChoiceTask",
     "toy": "rsa.tasks.toy:ToyArithmeticTask",
+    "pick": "rsa.tasks.pick:PickTask",
     "code": "rsa.tasks.code:CodeTask",
 }
 _ALIASES = {"reasoning_gym": "rg", "reasoning-gym": "rg", "multiple_choice": "mcq"}

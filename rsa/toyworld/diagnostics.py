@@ -13,16 +13,20 @@ Nothing here feeds training or evaluation: RL learns from the task reward alone.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rsa.tasks import get_task
-from rsa.tasks.toy import check_derivation, difficulty_of, numbers_of
+from rsa.jsonl import read_records as read_jsonl_file
+from rsa.tasks import Problem, get_task
+from rsa.toyworld.worlds import World, world_of_task
 
 GATE_FILE = "toy_gate.json"
+
+
+class GateError(RuntimeError):
+    """The toy base failed its gate; the message names each figure that failed."""
 
 
 @dataclass(frozen=True)
@@ -32,20 +36,13 @@ class GateThresholds:
     plain_gap: float = 0.12  # plain accuracy >= targets' accuracy - plain_gap
     agg_margin: float = 0.0  # aggregation accuracy > random-copy accuracy + agg_margin
     min_exact_copy: float = 0.0  # the outputs reproduce a candidate exactly at least this often (0: report only)
+    min_plain: float = 0.05  # worlds that gate coverage: plain accuracy at least this (clearly above zero)
+    coverage_gain: float = 0.15  # worlds that gate coverage: plain Pass@N >= plain accuracy + coverage_gain
 
 
-def aggregation_record(numbers: Sequence[int], candidates: Sequence[str], output: str) -> dict:
-    """How one aggregation output relates to its candidates (validity, exact copy, copy of a valid one)."""
-    valid = [check_derivation(numbers, c).valid for c in candidates]
-    text = (output or "").strip()
-    copied = [i for i, c in enumerate(candidates) if c.strip() == text]
-    return {
-        "valid": check_derivation(numbers, text).valid,
-        "exact_copy": bool(copied),
-        "has_valid_candidate": any(valid),
-        "copies_valid": any(valid[i] for i in copied),
-        "candidates_correct": sum(valid) / len(valid) if valid else 0.0,
-    }
+def aggregation_record(world: World, problem: Problem, candidates: Sequence[str], output: str) -> dict:
+    """How one aggregation output relates to its candidates (see `World.aggregation_record`)."""
+    return world.aggregation_record(problem, candidates, output)
 
 
 def _generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: int, seed: int) -> list[str]:
@@ -80,48 +77,62 @@ def measure_base(
     seed: int = 4321,
     max_new_tokens: int = 64,
     batch_size: int = 48,
+    coverage_samples: int = 8,
 ) -> dict:
     """Sample the toy model on `problems` fresh in-distribution plain and aggregation prompts (K=`k`).
 
     `config` is the `rsa.toyworld.PretrainConfig` the model was trained with. Returns accuracies of the model and of
-    its training targets, random-copy accuracy, exact-copy and valid-copy rates, overall and per difficulty.
+    its training targets, random-copy accuracy, exact-copy and valid-copy rates, overall and per difficulty; for
+    worlds that gate coverage also plain Pass@`coverage_samples` (`pass_at_n`), the share of aggregation outputs
+    whose answer is none of the candidates' (`resolves`) and of check verdicts that are right (`verdicts_right`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rsa.tasks.toy import generate_problems
-    from rsa.toyworld.pretrain import aggregation_target
-
-    task = get_task("toy")
+    world = config.toy_world
+    task = get_task(world.task)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-    items = generate_problems(problems, seed, config.spec, prefix="gate")
+    items = world.generate(problems, seed, config.difficulties, prefix="gate")
     plain_prompts, agg_prompts, rows = [], [], []
     for problem in items:
-        numbers = numbers_of(problem)
-        candidates = [config.solve(numbers, rng) for _ in range(k)]
-        target = config.solve(numbers, rng)
-        agg_target, _ = aggregation_target(numbers, candidates, rng, config.copy_valid_prob)
+        candidates = [world.plain_target(problem, rng, config) for _ in range(k)]
+        target = world.plain_target(problem, rng, config)
+        agg_target = world.aggregation_target(problem, candidates, rng, config)
         plain_prompts.append(task.plain_prompt(problem))
         agg_prompts.append(task.aggregation_prompt(problem, candidates))
-        rows.append((problem, numbers, candidates, target, agg_target))
+        rows.append((problem, candidates, target, agg_target))
     plain_out = _generate(model, tokenizer, plain_prompts, max_new_tokens, batch_size, seed)
     agg_out = _generate(model, tokenizer, agg_prompts, max_new_tokens, batch_size, seed + 1)
+    coverage = None
+    if world.gate_coverage:
+        repeated = [p for p in plain_prompts for _ in range(coverage_samples)]
+        samples = _generate(model, tokenizer, repeated, max_new_tokens, batch_size, seed + 2)
+        coverage = [
+            max(task.score(s, problem) for s in samples[i * coverage_samples : (i + 1) * coverage_samples])
+            for i, (problem, *_) in enumerate(rows)
+        ]
     records = []
-    for (problem, numbers, candidates, target, agg_target), plain, agg in zip(rows, plain_out, agg_out):
-        record = aggregation_record(numbers, candidates, agg)
+    for i, ((problem, candidates, target, agg_target), plain, agg) in enumerate(zip(rows, plain_out, agg_out)):
+        record = aggregation_record(world, problem, candidates, agg)
+        extra = {"pass_at_n": coverage[i]} if coverage is not None else {}
+        if record["checks"] is not None:
+            extra["verdicts_right"] = record["verdicts_right"] / k
         records.append(
             {
-                "difficulty": difficulty_of(problem.question),
+                "difficulty": world.difficulty_of(problem.question),
                 "plain": task.score(plain, problem),
                 "plain_target": task.score(target, problem),
                 "agg": task.score(agg, problem),
                 "agg_target": task.score(agg_target, problem),
                 "random_copy": sum(task.score(c, problem) for c in candidates) / len(candidates),
-                **{key: float(value) for key, value in record.items() if key != "candidates_correct"},
+                **{key: float(record[key]) for key in ("valid", "exact_copy", "has_valid_candidate", "copies_valid")},
+                "resolves": float(record["resolves"]),
+                **extra,
             }
         )
     keys = ["plain", "plain_target", "agg", "agg_target", "random_copy", "exact_copy", "valid"]
+    keys += [key for key in ("resolves", "pass_at_n", "verdicts_right") if key in records[0]]
 
     def summary(subset: list[dict]) -> dict:
         out = {key: sum(r[key] for r in subset) / len(subset) for key in keys}
@@ -134,6 +145,9 @@ def measure_base(
 
     result = summary(records)
     result["k"] = k
+    result["world"] = world.name
+    if coverage is not None:
+        result["coverage_samples"] = coverage_samples
     result["by_difficulty"] = {
         d: summary([r for r in records if r["difficulty"] == d]) for d in sorted({r["difficulty"] for r in records})
     }
@@ -154,6 +168,14 @@ def gate_failures(result: dict, thresholds: GateThresholds | None = None) -> lis
             f"aggregation accuracy {result['agg']:.3f} does not beat a random copy of the same candidates "
             f"({result['random_copy']:.3f} + margin {t.agg_margin})"
         )
+    if "pass_at_n" in result:
+        if result["plain"] < t.min_plain:
+            failures.append(f"plain accuracy {result['plain']:.3f} is below {t.min_plain}: the base barely solves")
+        if result["pass_at_n"] < result["plain"] + t.coverage_gain:
+            failures.append(
+                f"plain Pass@{result['coverage_samples']} {result['pass_at_n']:.3f} is not {t.coverage_gain} above "
+                f"plain accuracy {result['plain']:.3f}: its samples leave aggregation little to combine"
+            )
     if result["exact_copy"] < t.min_exact_copy:
         failures.append(f"exact-copy rate {result['exact_copy']:.3f} is below {t.min_exact_copy}")
     return failures
@@ -167,7 +189,14 @@ def gate_line(result: dict, failures: Sequence[str]) -> str:
         f"plain acc {result['plain']:.3f} vs targets {result['plain_target']:.3f}; "
         f"aggregation acc {result['agg']:.3f} vs random copy {result['random_copy']:.3f} "
         f"(targets {result['agg_target']:.3f}); exact copy {result['exact_copy']:.3f}; "
-        f"copies a valid candidate when one exists {result['copies_valid_when_possible'] or 0:.3f} -> {verdict}"
+        f"copies a valid candidate when one exists {result['copies_valid_when_possible'] or 0:.3f}"
+        + (
+            f"; plain Pass@{result['coverage_samples']} {result['pass_at_n']:.3f}; right check verdicts "
+            f"{result.get('verdicts_right', 0):.3f}; answers none of its candidates {result['resolves']:.3f}"
+            if "pass_at_n" in result
+            else ""
+        )
+        + f" -> {verdict}"
     )
 
 
@@ -180,49 +209,65 @@ def write_gate(out_dir: str | Path, result: dict, failures: Sequence[str], thres
     return path
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _records(path: Path) -> list[dict]:
+    return [record for _, record in read_jsonl_file(path)]
 
 
 def run_diagnostics(run_dir: str | Path) -> list[dict]:
-    """Per RSA step of an `rsa eval` run on toy problems: validity, copy fidelity and valid-copy rate.
+    """Per RSA step of an `rsa eval` run on toy-world problems: validity, copies, checks and coverage.
 
-    Returns one dict per step: `step`, `valid` (share of members whose lines all check), and for steps >= 2
-    `exact_copy` (share reproducing one of their parents exactly) and `copies_valid_when_possible`.
+    Returns one dict per step: `step`, `members`, `valid` (share of members whose output is fully right: every
+    line checks), `distinct_correct` (mean number of distinct correct answers per problem), and for steps >= 2
+    `exact_copy` (share reproducing one of their parents), `copies_valid_when_possible` (among members whose
+    parents include a valid one, the share reproducing a valid one), `resolves` (share whose answer is none of
+    their parents'), and for worlds that write checks `verdicts_right` (share of right check verdicts).
     """
     run = Path(run_dir)
-    problems = {str(p["id"]): p for p in _read_jsonl(run / "problems.jsonl")}
+    problems = {str(p["id"]): p for p in _records(run / "problems.jsonl")}
+    world = world_of_task(next(iter(problems.values())).get("task", "toy"))
+    task = get_task(world.task)
     previous: dict[str, dict[int, str]] = {}
     out = []
     for path in sorted((run / "population").glob("step_*.jsonl")):
-        members = _read_jsonl(path)
+        members = _records(path)
         step = int(path.stem.split("_")[1])
         current: dict[str, dict[int, str]] = {}
-        valid = copies = with_valid = copies_valid = aggregated = 0
+        correct: dict[str, set] = {pid: set() for pid in problems}
+        valid = copies = with_valid = copies_valid = aggregated = resolves = checks = verdicts = 0
         for m in members:
             pid = str(m["problem_id"])
-            numbers = numbers_of_question(problems[pid]["question"])
+            row = problems[pid]
+            problem = Problem(id=pid, task=world.task, question=row["question"], answer=row.get("answer"))
             text = m.get("text") or ""
             current.setdefault(pid, {})[int(m["slot"])] = text
-            valid += check_derivation(numbers, text).valid
+            valid += world.valid(problem, text)
+            if task.score(text, problem) == 1.0:
+                correct[pid].add(task.equivalence_key(task.extract(text), problem))
             parents = m.get("parents") or []
             if parents and pid in previous:
                 candidates = [previous[pid][i] for i in parents if i in previous[pid]]
-                record = aggregation_record(numbers, candidates, text)
+                record = world.aggregation_record(problem, candidates, text)
                 aggregated += 1
                 copies += record["exact_copy"]
+                resolves += record["resolves"]
+                if record["checks"] is not None:
+                    checks += len(candidates)
+                    verdicts += record["verdicts_right"]
                 if record["has_valid_candidate"]:
                     with_valid += 1
                     copies_valid += record["copies_valid"]
-        row = {"step": step, "members": len(members), "valid": valid / max(1, len(members))}
+        row = {
+            "step": step,
+            "members": len(members),
+            "valid": valid / max(1, len(members)),
+            "distinct_correct": sum(len(v) for v in correct.values()) / max(1, len(correct)),
+        }
         if aggregated:
             row["exact_copy"] = copies / aggregated
             row["copies_valid_when_possible"] = copies_valid / with_valid if with_valid else None
+            row["resolves"] = resolves / aggregated
+            if checks:
+                row["verdicts_right"] = verdicts / checks
         out.append(row)
         previous = current
     return out
-
-
-def numbers_of_question(question: str) -> list[int]:
-    """The addends of a toy question text."""
-    return [int(x) for x in question.split(":", 1)[1].strip().split("+")]

@@ -7,27 +7,30 @@ Everything is read back from the run directories (per-problem files), so the rep
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from rsa.jsonl import read_records
 from rsa.stats import fmt, paired_bootstrap, spread
-from rsa.tasks.toy import difficulty_of
 from rsa.toyworld.diagnostics import run_diagnostics
+from rsa.toyworld.worlds import world_of_task
 
 ARM_NAMES = {
     "base": "base",
     "standard": "standard RL",
     "offline": "agg-aware RL (offline, paper)",
     "onpolicy": "agg-aware RL (on-policy)",
+    "cotrained": "agg-aware RL (co-trained)",
 }
+#: the aggregation-aware arms, each compared with standard RL
+AGGREGATION_ARMS = ("offline", "onpolicy", "cotrained")
 RunKey = tuple[str, "int | None", int]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in read_records(path)]
 
 
 def load_run(run_dir: Path) -> dict:
@@ -43,7 +46,8 @@ def load_run(run_dir: Path) -> dict:
         }
     return {
         "order": order,
-        "difficulty": [difficulty_of(p["question"]) for p in problems],
+        "difficulty": [world_of_task(p.get("task", "toy")).difficulty_of(p["question"]) for p in problems],
+        "world": world_of_task(problems[0].get("task", "toy")).name,
         "steps": steps,
     }
 
@@ -79,10 +83,15 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
         majority = spread(_matrix(loaded, arm, last_step, "majority").mean(axis=1))
         lines.append(f"| {ARM_NAMES[arm]} | {runs_of_arm} | " + " | ".join(cells) + f" | {pass_n} | {majority} |")
 
-    difficulties = sorted(set(first["difficulty"]), key=lambda d: (int(d.split("x")[1]), int(d.split("x")[0])))
+    if first["world"] == "add":
+        difficulties = sorted(set(first["difficulty"]), key=lambda d: (int(d.split("x")[1]), int(d.split("x")[0])))
+        legend = "terms x digits"
+    else:
+        difficulties = sorted(set(first["difficulty"]), key=lambda d: int(d[1:]))
+        legend = "numbers to search"
     lines += [
         "",
-        f"## Pass@1 per difficulty (terms x digits), step 1 -> step {last_step}",
+        f"## Pass@1 per difficulty ({legend}), step 1 -> step {last_step}",
         "",
         "| arm | " + " | ".join(difficulties) + " |",
         "|---|" + "---|" * len(difficulties),
@@ -107,13 +116,17 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
         comparisons.append((f"{arm}: step {last_step} vs step 1", arm, "rsa", c))
     if "standard" in arms:
         std_last = _matrix(loaded, "standard", last_step)
-        for arm in ("offline", "onpolicy"):
+        for arm in AGGREGATION_ARMS:
             if arm in arms:
                 other = _matrix(loaded, arm, last_step)
                 c = paired_bootstrap(
                     std_last, other, resamples=resamples, pair_runs=other.shape[0] == std_last.shape[0]
                 )
                 comparisons.append((f"{arm} vs standard RL at step {last_step}", arm, "vs-standard", c))
+        if "base" in arms:  # the paper's observation: standard RL can leave RSA no better than on the base
+            base_last = _matrix(loaded, "base", last_step)
+            c = paired_bootstrap(base_last, std_last, resamples=resamples, pair_runs=False)
+            comparisons.append((f"standard RL vs base at step {last_step}", "standard", "vs-base", c))
     for name, _, _, c in comparisons:
         lines.append(f"| {name} | {c.difference:+.3f} | [{c.low:+.3f}, {c.high:+.3f}] | {c.verdict} |")
 
@@ -126,7 +139,7 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
             f"- RSA raises a base model's Pass@1 over the steps: {held[base_rsa.verdict]} "
             f"(base step {last_step} - step 1 = {base_rsa})."
         )
-    for arm in ("offline", "onpolicy"):
+    for arm in AGGREGATION_ARMS:
         c = by.get((arm, "vs-standard"))
         if c is None:
             continue
@@ -137,24 +150,40 @@ def summarise_runs(runs: Mapping[RunKey, Path], extra_lines: list[str] | None = 
 
     lines += [
         "",
-        "## Diagnostics (all runs pooled): derivation validity at step 1 and at the last step; at step 2 (the first "
-        "aggregation) exact-copy rate and, where a valid candidate exists, the share copying one",
+        "## Diagnostics (all runs pooled): validity (every line right) at step 1 and at the last step; at step 2 (the "
+        "first aggregation) the share reproducing a candidate and, where a valid candidate exists, the share "
+        "reproducing a valid one",
         "",
         "| arm | valid step 1 | valid step 2 | valid last | exact copy step 2 | copies a valid candidate step 2 |",
         "|---|---|---|---|---|---|",
     ]
+    diagnostics = {arm: [run_diagnostics(Path(runs[key])) for key in runs if key[0] == arm] for arm in arms}
+
+    def mean_of(arm: str, step: int, field: str) -> float | None:
+        values = [d[step - 1].get(field) for d in diagnostics[arm] if len(d) >= step]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
     for arm in arms:
-        diags = [run_diagnostics(Path(runs[key])) for key in runs if key[0] == arm]
-
-        def mean_of(step: int, field: str, diags=diags):
-            values = [d[step - 1].get(field) for d in diags if len(d) >= step]
-            values = [v for v in values if v is not None]
-            return float(np.mean(values)) if values else None
-
         lines.append(
-            f"| {ARM_NAMES[arm]} | {fmt(mean_of(1, 'valid'))} | {fmt(mean_of(2, 'valid'))} | "
-            f"{fmt(mean_of(last_step, 'valid'))} | {fmt(mean_of(2, 'exact_copy'))} | "
-            f"{fmt(mean_of(2, 'copies_valid_when_possible'))} |"
+            f"| {ARM_NAMES[arm]} | {fmt(mean_of(arm, 1, 'valid'))} | {fmt(mean_of(arm, 2, 'valid'))} | "
+            f"{fmt(mean_of(arm, last_step, 'valid'))} | {fmt(mean_of(arm, 2, 'exact_copy'))} | "
+            f"{fmt(mean_of(arm, 2, 'copies_valid_when_possible'))} |"
+        )
+    lines += [
+        "",
+        "## Mechanism (all runs pooled): coverage of the step-1 population (Pass@N, distinct correct answers per "
+        "problem); at step 2, the share of aggregations whose answer is none of their candidates' (solving anew "
+        "instead of aggregating) and, where outputs check candidates, the share of right check verdicts",
+        "",
+        "| arm | Pass@N step 1 | distinct correct step 1 | answers none of its candidates step 2 | right verdicts step 2 |",
+        "|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        pass_n = spread(_matrix(loaded, arm, 1, "pass_at_n").mean(axis=1))
+        lines.append(
+            f"| {ARM_NAMES[arm]} | {pass_n} | {fmt(mean_of(arm, 1, 'distinct_correct'))} | "
+            f"{fmt(mean_of(arm, 2, 'resolves'))} | {fmt(mean_of(arm, 2, 'verdicts_right'))} |"
         )
     if extra_lines:
         lines += ["", *extra_lines]

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -39,6 +39,8 @@ from rsa.toyworld.pretrain import PretrainConfig
 logger = logging.getLogger(__name__)
 
 ARMS = ("base", "standard", "offline", "onpolicy")
+#: pre-training of the pick world's base (rsa.toyworld.worlds.PickWorld)
+PICK_PRETRAIN = PretrainConfig(world="pick", difficulties=("p6", "p8"))
 TRAINED_ARMS = ARMS[1:]
 #: the toy GRPO recipe, package data relative to the `rsa` package (configs/recipes/toy_grpo.yaml links to it)
 RECIPE = "resources/recipes/toy_grpo.yaml"
@@ -73,15 +75,22 @@ class ToyWorldConfig:
     workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
 
     @classmethod
-    def full(cls) -> ToyWorldConfig:
-        """The README demo."""
-        return cls()
+    def full(cls, world: str = "add") -> ToyWorldConfig:
+        """The README demo in `world` (`add` or `pick`, rsa.toyworld.worlds)."""
+        if world == "pick":
+            return cls(pretrain=PICK_PRETRAIN)
+        return cls(pretrain=PretrainConfig(world=world))
 
     @classmethod
-    def quick(cls) -> ToyWorldConfig:
+    def quick(cls, world: str = "add") -> ToyWorldConfig:
         """A few minutes: the same pipeline at a fraction of the sizes (run by CI)."""
+        pretrain = (
+            replace(PICK_PRETRAIN, steps=800)
+            if world == "pick"
+            else PretrainConfig(world=world, difficulties=("4x1",), steps=800)  # the gate needs a converged base
+        )
         return cls(
-            pretrain=PretrainConfig(difficulties=("4x1",), steps=800),  # the gate needs a converged base
+            pretrain=pretrain,
             learning_rate=5e-5,
             train_problems=64,
             eval_problems=12,
@@ -129,10 +138,10 @@ def _one_thread() -> Iterator[None]:
 
 
 def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
-    """Training and held-out problem files (flat JSONL, task `toy`); disjoint seeds."""
+    """Training and held-out problem files (flat JSONL, the world's task); disjoint seeds."""
     from rsa.runs import write_jsonl_atomic
-    from rsa.tasks.toy import generate_problems
 
+    world = config.pretrain.toy_world
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, count, seed in (
@@ -141,8 +150,8 @@ def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
     ):
         path = out / f"{name}.jsonl"
         rows = [
-            {"id": p.id, "task": "toy", "question": p.question, "answer": p.answer}
-            for p in generate_problems(count, seed, config.pretrain.spec, prefix=name)
+            {"id": p.id, "task": p.task, "question": p.question, "answer": p.answer}
+            for p in world.generate(count, seed, config.pretrain.difficulties, prefix=name)
         ]
         write_jsonl_atomic(path, rows)
         paths.append(path)
@@ -255,18 +264,36 @@ def training_costs(models: dict[tuple[str, int], Path]) -> list[str]:
 
 
 def gate_base(base: Path, config: ToyWorldConfig) -> str:
-    """Measure the base against its pre-training distribution (rsa.toyworld.diagnostics), once; the printed line."""
-    from rsa.toyworld.diagnostics import GATE_FILE, GateThresholds, gate_failures, gate_line, measure_base, write_gate
+    """Measure the base against its pre-training distribution (rsa.toyworld.diagnostics), once, and enforce it:
+    returns the printed line of a base that passes; raises GateError naming each failed figure otherwise (no arm is
+    trained from a base that cannot solve or aggregate its own distribution)."""
+    from rsa.toyworld.diagnostics import (
+        GATE_FILE,
+        GateError,
+        GateThresholds,
+        gate_failures,
+        gate_line,
+        measure_base,
+        write_gate,
+    )
 
     path = base / GATE_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        return gate_line(saved["result"], saved["failures"])
-    thresholds = GateThresholds()
-    result = measure_base(base, config.pretrain, max_new_tokens=config.max_completion_length)
-    failures = gate_failures(result, thresholds)
-    write_gate(base, result, failures, thresholds)
-    return gate_line(result, failures)
+        result, failures = saved["result"], saved["failures"]
+    else:
+        thresholds = GateThresholds()
+        result = measure_base(base, config.pretrain, max_new_tokens=config.max_completion_length)
+        failures = gate_failures(result, thresholds)
+        write_gate(base, result, failures, thresholds)
+    line = gate_line(result, failures)
+    if failures:
+        raise GateError(
+            f"{line}\nthe pre-trained base in {base} failed its gate, so no arm was trained from it; change the "
+            f"pre-training settings (rsa.toyworld.PretrainConfig: more steps, other error rates) and delete {base} "
+            "to pre-train again"
+        )
+    return line
 
 
 def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, config: ToyWorldConfig) -> Path:

@@ -1,15 +1,15 @@
-"""The CPU toy world: a tiny model pre-trained from scratch on toy-addition traces.
+"""The CPU toy world: a tiny model pre-trained from scratch on a toy world's traces (rsa.toyworld.worlds).
 
 The pre-training traces mimic what a real base LLM brings to RSA:
-- plain prompts are answered with written partial sums that slip now and then (`slip_rate` per
-  partial sum), so the model solves the task at a mediocre, non-zero accuracy at temperature 1 and
-  independent samples make different mistakes;
-- the candidates of aggregation prompts come from the same generator, so they carry the model's own
-  error modes (slips, wrong addends, broken chains) and RSA populations stay in distribution;
-- aggregation prompts are answered by a noisy mixture of weak-LLM behaviours: with probability
-  `copy_valid_prob` a faithful copy of a candidate whose every line checks (when there is one),
-  otherwise a faithful copy of a random candidate. The base thus aggregates somewhat better than it
-  generates, which is why RSA lifts real base models.
+- plain prompts are answered by a weak solver (the `add` world: written partial sums that slip now and then;
+  the `pick` world: a valid pair with `valid_rate`, otherwise a near miss), so the model solves the task at a
+  mediocre, non-zero accuracy at temperature 1 and independent samples make different mistakes;
+- the candidates of aggregation prompts come from the same solver, so they carry the model's own error modes
+  and RSA populations stay in distribution;
+- aggregation prompts are answered by a weak aggregator (`add`: with probability `copy_valid_prob` a faithful
+  copy of a candidate whose every line checks, otherwise of a random candidate; `pick`: one written check per
+  candidate that slips with `check_slip_rate`, then a copy of the first candidate marked ok). The base thus
+  aggregates somewhat better than it generates, which is why RSA lifts real base models.
 RL then decides what improves: standard RL on plain prompts, or aggregation-aware RL on the mixture.
 Nothing after pre-training knows which behaviour is right: RL learns from the task reward alone.
 """
@@ -26,18 +26,17 @@ from pathlib import Path
 
 from rsa.tasks import get_task
 from rsa.tasks.base import Conversation
-from rsa.tasks.toy import DIFFICULTIES, ToySpec, check_derivation, generate_problems, noisy_solution, numbers_of
+from rsa.tasks.toy import DIFFICULTIES
+from rsa.toyworld.worlds import World, get_world
 
 logger = logging.getLogger(__name__)
-
-#: the problem families the tokenizer's corpus covers (fixed, so that tokenizers stay the same across mixes)
-TOKENIZER_DIFFICULTIES = ("3x1", "4x1", "6x1", "4x2")
 
 
 @dataclass
 class PretrainConfig:
-    """Toy-world pre-training settings (defaults: a few minutes on 2 CPU cores)."""
+    """Toy-world pre-training settings (defaults: the `add` world, a few minutes on 2 CPU cores)."""
 
+    world: str = "add"
     difficulties: tuple[str, ...] = DIFFICULTIES
     slip_rate: float = 0.15
     # wrong addends and broken chains stay rare: at 0.04 per line each, the 64-wide model learnt to copy
@@ -46,6 +45,9 @@ class PretrainConfig:
     chain_rate: float = 0.01
     aggregation_fraction: float = 0.6
     copy_valid_prob: float = 0.6
+    valid_rate: float = 0.35  # pick world: share of plain answers that are a valid pair
+    check_slip_rate: float = 0.2  # pick world: share of written checks whose sum is off by 1 or 2
+    check_prob: float = 0.6  # pick world: share of aggregation answers that check the candidates (else a random copy)
     k_min: int = 2
     k_max: int = 4
     hidden_size: int = 64
@@ -60,39 +62,22 @@ class PretrainConfig:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        get_world(self.world)  # a clear error for an unknown world, before anything is built
+
     @property
-    def spec(self) -> list[ToySpec]:
-        """The toy problem families (a difficulty mix, cycled through by `generate_problems`)."""
-        return [ToySpec.parse(label) for label in self.difficulties]
-
-    def solve(self, numbers, rng: random.Random) -> str:
-        """One noisy written solution with this config's error rates."""
-        return noisy_solution(numbers, rng, self.slip_rate, self.addend_rate, self.chain_rate)
+    def toy_world(self) -> World:
+        """The world whose traces this config pre-trains on."""
+        return get_world(self.world)
 
 
-def toy_tokenizer(seed: int = 0):
-    """A small byte-level BPE tokenizer for the toy world: digits stay single tokens."""
+def toy_tokenizer(seed: int = 0, world: str = "add"):
+    """A small byte-level BPE tokenizer for a toy world: digits stay single tokens."""
     from rsa.tiny import build_tokenizer
 
-    task = get_task("toy")
-    rng = random.Random(seed)
-    corpus = []
-    for problem in generate_problems(400, seed + 1, [ToySpec.parse(d) for d in TOKENIZER_DIFFICULTIES]):
-        candidates = [noisy_solution(numbers_of(problem), rng, 0.3, 0.1, 0.1) for _ in range(3)]
-        corpus.append(problem.question + "\n" + candidates[0])
-        corpus.append(task.aggregation_prompt(problem, candidates)[0]["content"])
-        corpus.append(task.aggregation_prompt(problem, candidates[:1])[0]["content"])
-    corpus += ["user", "assistant", "system"]
-    return build_tokenizer(vocab_size=320, seed=seed, corpus=corpus, individual_digits=True)
-
-
-def aggregation_target(numbers, candidates: list[str], rng: random.Random, copy_valid_prob: float) -> tuple[str, bool]:
-    """The weak aggregator's answer: with `copy_valid_prob` a copy of a candidate whose lines all check
-    (when one exists), otherwise a copy of a random candidate. Returns (text, whether it chose by checking)."""
-    valid = [c for c in candidates if check_derivation(numbers, c).valid]
-    if valid and rng.random() < copy_valid_prob:
-        return rng.choice(valid), True
-    return rng.choice(candidates), False
+    return build_tokenizer(
+        vocab_size=320, seed=seed, corpus=get_world(world).tokenizer_corpus(seed), individual_digits=True
+    )
 
 
 def pretraining_example(
@@ -100,26 +85,23 @@ def pretraining_example(
     config: PretrainConfig,
     index: int,
     aggregate: bool,
-    spec: ToySpec | None = None,
+    difficulty: str | None = None,
     k: int | None = None,
 ) -> tuple[Conversation, str]:
-    """One (prompt conversation, target text) pair: a plain solve, or (`aggregate`) an aggregation prompt
-    over K noisy candidates whose target is `aggregation_target`. `spec` and `k` are drawn from `config`
-    when not given."""
-    task = get_task("toy")
-    if spec is None:
-        specs = config.spec
-        spec = specs[rng.randrange(len(specs))]
-    problem = generate_problems(1, rng.randrange(1 << 30), spec, prefix=f"pre{index}")[0]
-    numbers = numbers_of(problem)
+    """One (prompt conversation, target text) pair: a plain solve, or (`aggregate`) an aggregation prompt over
+    K candidates from the weak solver whose target is the world's weak aggregator's answer. `difficulty` and `k`
+    are drawn from `config` when not given."""
+    world = config.toy_world
+    task = get_task(world.task)
+    if difficulty is None:
+        difficulty = config.difficulties[rng.randrange(len(config.difficulties))]
+    problem = world.generate(1, rng.randrange(1 << 30), [difficulty], prefix=f"pre{index}")[0]
     if not aggregate:
-        return task.plain_prompt(problem), config.solve(numbers, rng)
+        return task.plain_prompt(problem), world.plain_target(problem, rng, config)
     if k is None:
         k = rng.randint(config.k_min, config.k_max)
-    candidates = [config.solve(numbers, rng) for _ in range(k)]
-    return task.aggregation_prompt(problem, candidates), aggregation_target(
-        numbers, candidates, rng, config.copy_valid_prob
-    )[0]
+    candidates = [world.plain_target(problem, rng, config) for _ in range(k)]
+    return task.aggregation_prompt(problem, candidates), world.aggregation_target(problem, candidates, rng, config)
 
 
 def _encode(tokenizer, conversation: Conversation, target: str) -> tuple[list[int], list[int]]:
@@ -144,7 +126,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, progress
     out = Path(out_dir)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    tokenizer = toy_tokenizer(config.seed)
+    tokenizer = toy_tokenizer(config.seed, config.world)
     spec = TinyModelSpec(
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -168,7 +150,7 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, progress
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     rng = random.Random(config.seed)
-    specs = config.spec
+    difficulties = config.difficulties
     pad = tokenizer.pad_token_id
     bar = tqdm(range(config.steps), desc="pre-training toy model", unit="step", disable=not progress)
     losses: list[float] = []
@@ -176,10 +158,12 @@ def pretrain(out_dir: str | Path, config: PretrainConfig | None = None, progress
         # a batch is all plain or all aggregation prompts of one difficulty and one K: equal lengths, so
         # almost no compute goes to padding (the mixture over batches is the configured one)
         aggregate = rng.random() < config.aggregation_fraction
-        spec = specs[rng.randrange(len(specs))]
+        difficulty = difficulties[rng.randrange(len(difficulties))]
         k = rng.randint(config.k_min, config.k_max)
         batch = [
-            _encode(tokenizer, *pretraining_example(rng, config, step * config.batch_size + i, aggregate, spec, k))
+            _encode(
+                tokenizer, *pretraining_example(rng, config, step * config.batch_size + i, aggregate, difficulty, k)
+            )
             for i in range(config.batch_size)
         ]
         width = max(len(ids) for ids, _ in batch)
