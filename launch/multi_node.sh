@@ -25,9 +25,17 @@
 #   VLLM_HOST          node serving generations with all its GPUs (required)
 #   TRAIN_HOSTS        space-separated training nodes; the first one is the rendezvous master (required)
 #   GPUS_PER_NODE      [8] GPUs per node (server and training nodes alike)
-#   VLLM_TP, VLLM_DP   [1, GPUS_PER_NODE/VLLM_TP] tensor- and data-parallel size of the server (TP x DP = its GPUs)
-#   VLLM_PORT          [8000] server HTTP port (generation requests and the health endpoint)
-#   VLLM_GROUP_PORT    [51216] port of the NCCL group through which training pushes new weights to the server
+#   VLLM_TP, VLLM_DP   [GPUS_PER_NODE, 1] tensor- and data-parallel size of the server (TP x DP = its GPUs). TRL
+#                      advises data parallelism 1 for dense models (trl/scripts/vllm_serve.py: above 1 it is "not
+#                      supported/useful and will error out", vLLM PR #30739), so the server's GPUs go to TP
+#   VLLM_PORT          [8000] server HTTP port on VLLM_HOST (generation requests and the health endpoint)
+#   VLLM_GROUP_PORT    [51216] port of the NCCL group through which training pushes new weights to the server.
+#                      The group is opened by the trainer on the FIRST TRAINING HOST (TRL's client is its rank 0;
+#                      the server's workers connect to it), so this port must be reachable there from VLLM_HOST
+#   TRAIN_MASTER_IP    [the first training host's address on its route to VLLM_HOST, found on that host] the
+#                      address the server's workers connect to for that group; exported there as VLLM_HOST_IP,
+#                      which TRL's client reads (vLLM's get_ip: without it, a guess from the default route that
+#                      can pick the wrong NIC or fall back to 0.0.0.0)
 #   VLLM_MAX_MODEL_LEN [43008] server context: longest prompt + max_completion_length
 #   VLLM_GPU_MEM       [0.9] fraction of each server GPU that vLLM may use
 #   VLLM_SERVE_ARGS    [] extra `vllm serve` options (space-separated), e.g. "--enforce-eager"
@@ -57,8 +65,8 @@ shift
 : "${TRAIN_HOSTS:?set TRAIN_HOSTS, the space-separated training nodes}"
 launcher="${LAUNCHER:-ssh}"
 gpus="${GPUS_PER_NODE:-8}"
-vllm_tp="${VLLM_TP:-1}"
-vllm_dp="${VLLM_DP:-$((gpus / vllm_tp))}"
+vllm_tp="${VLLM_TP:-$gpus}"
+vllm_dp="${VLLM_DP:-1}"
 vllm_port="${VLLM_PORT:-8000}"
 group_port="${VLLM_GROUP_PORT:-51216}"
 max_len="${VLLM_MAX_MODEL_LEN:-43008}"
@@ -93,12 +101,15 @@ log_dir="$(cd "$log_dir" && pwd)"
 
 # start NAME HOST NEEDS_GPU COMMAND...: run COMMAND on HOST in the background, in its own session (process group),
 # its output in LOG_DIR/NAME.log. A start script in LOG_DIR records the group id in LOG_DIR/NAME.pid for `stop`;
-# with NEEDS_GPU=1 it first exits with code 3 when the host lists no GPU.
+# with NEEDS_GPU=1 it first exits with code 3 when the host lists no GPU. The script drops expandable_segments
+# from PYTORCH_CUDA_ALLOC_CONF (launch/alloc_conf.sh) and runs the lines of NODE_SETUP (set per call) first.
 declare -A local_pid
+node_setup=""
 start() {
   local name="$1" host="$2" needs_gpu="$3"; shift 3
   local script="$log_dir/$name.sh"
   { echo '#!/usr/bin/env bash'; echo "echo \$\$ > '$log_dir/$name.pid'"; echo "cd '$repo'"
+    echo "source '$repo/launch/alloc_conf.sh'"; echo "clear_expandable_segments"
     if [ "$needs_gpu" = 1 ] && [ "$allow_no_cuda" != 1 ]; then
       echo "if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then"
       echo "  echo \"$name on \$(hostname): no GPU (nvidia-smi -L lists none). vLLM server mode needs CUDA: training" \
@@ -107,6 +118,7 @@ start() {
       echo "  exit 3"
       echo "fi"
     fi
+    [ -z "$node_setup" ] || printf '%s\n' "$node_setup"
     printf 'exec '; printf '%q ' "$@"; echo; } > "$script"
   rm -f "$log_dir/$name.pid"
   # exec: $! is then the ssh / srun / setsid process itself, so that `stop` signals srun and not a subshell
@@ -182,6 +194,9 @@ PY
   server_cmd+=("${serve_args[@]}")
   server_needs_gpu=1
 fi
+if ((vllm_dp > 1)); then
+  echo "warning: VLLM_DP=$vllm_dp; TRL advises data parallelism 1 for dense models (use VLLM_TP instead)" >&2
+fi
 echo "starting the vLLM server on $VLLM_HOST:$vllm_port (TP $vllm_tp x DP $vllm_dp); log: $log_dir/vllm_server.log" >&2
 start vllm_server "$VLLM_HOST" "$server_needs_gpu" "${server_cmd[@]}"
 
@@ -221,8 +236,20 @@ for rank in "${!train_hosts[@]}"; do
                --vllm_server_host "$VLLM_HOST" --vllm_server_port "$vllm_port" --vllm_group_port "$group_port"
                --per_device_train_batch_size "$per_device" --gradient_accumulation_steps "$grad_accum" "$@")
   fi
+  node_setup=""
+  if ((rank == 0)); then
+    # TRL's client opens the weight-sync NCCL group here, at VLLM_HOST_IP:VLLM_GROUP_PORT (see TRAIN_MASTER_IP)
+    if [ -n "${TRAIN_MASTER_IP:-}" ]; then
+      node_setup="export VLLM_HOST_IP=$(printf '%q' "$TRAIN_MASTER_IP")"
+    else  # the source address of this host's route to the server (a UDP connect sends nothing)
+      probe="import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((sys.argv[1], 9)); print(s.getsockname()[0])"
+      node_setup="VLLM_HOST_IP=\"\$($(printf '%q' "$venv/bin/python") -c $(printf '%q' "$probe") $(printf '%q' "$VLLM_HOST"))\" || { echo 'no address of this host towards $VLLM_HOST: set TRAIN_MASTER_IP' >&2; exit 2; }"$'\n'"export VLLM_HOST_IP"
+    fi
+    node_setup+=$'\n'"echo \"weight-sync NCCL group of the vLLM server: \$VLLM_HOST_IP:$group_port on \$(hostname)\" >&2"
+  fi
   start "train_node$rank" "${train_hosts[$rank]}" "$train_needs_gpu" "${train_cmd[@]}"
 done
+node_setup=""
 
 # Wait until every node is done; the first failure (of a node or of the server) ends the run via the trap.
 running=("${!train_hosts[@]}")

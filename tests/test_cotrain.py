@@ -18,7 +18,7 @@ from rsa.cotrain import (
     coverage_contributions,
     half_relative_rewards,
 )
-from rsa.training import ConfigError
+from rsa.training import ConfigError, read_completions
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -163,7 +163,7 @@ def test_co_trained_grpo_steps_with_hf_generation(tiny_model_dir, tmp_path):
     argv = ["--config", SMOKE, "--model_name_or_path", tiny_model_dir, "--output_dir", out, "--max_steps", "2",
             *COTRAINED, "--save_strategy", "no"]  # fmt: skip
     main(*_parse(argv))
-    lines = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    lines = read_completions(out / "completions.jsonl")
     assert len(lines) == 2 * 8 and {x["step"] for x in lines} == {0, 1}
     check_aggregation_rows(lines)
     check_trained_rewards(lines)
@@ -218,7 +218,7 @@ def test_co_trained_grpo_steps_with_vllm_colocate(tiny_model_dir, tmp_path):
     from test_vllm_rollouts import _two_colocate_steps
 
     _, out, state = _two_colocate_steps(tiny_model_dir, tmp_path, *COTRAINED, "--save_strategy", "no")
-    lines = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    lines = read_completions(out / "completions.jsonl")
     assert len(lines) == 2 * 8
     check_aggregation_rows(lines)
     check_trained_rewards(lines)

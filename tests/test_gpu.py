@@ -61,7 +61,9 @@ def _finished(out: Path) -> tuple[dict, list[dict]]:
 
 
 def _completions(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    from rsa.training import read_completions
+
+    return read_completions(out / "completions.jsonl")
 
 
 def _moved(model_dir: str, out: Path) -> float:

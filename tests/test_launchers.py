@@ -263,7 +263,8 @@ def _stub_venv(tmp_path: Path, run: MultiNode) -> Path:
         "if name == 'accelerate':\n"
         "    name += '-' + argv[argv.index('--machine_rank') + 1]\n"
         f"with open(os.path.join({str(record)!r}, name + '.json'), 'w') as fh:\n"
-        "    json.dump({'argv': argv, 'dev_mode': os.environ.get('VLLM_SERVER_DEV_MODE')}, fh)\n"
+        "    json.dump({'argv': argv, 'dev_mode': os.environ.get('VLLM_SERVER_DEV_MODE'),\n"
+        "               'env': {k: os.environ.get(k) for k in ('VLLM_HOST_IP', 'PYTORCH_CUDA_ALLOC_CONF')}}, fh)\n"
     )
     (bin_dir / "vllm").write_text(
         f'#!/usr/bin/env bash\n{sys.executable} {recorder} vllm "$@"\nexec {run.stub_server()}\n'
@@ -283,8 +284,8 @@ def test_multi_node_default_commands_match_trl(tmp_path, tiny_model_dir):
     run = MultiNode(tmp_path, model=tiny_model_dir)
     venv = _stub_venv(tmp_path, run)
     # 4 completions per step = 1 per device x 2 processes x 2 accumulation steps (the parse below sees 1 process)
-    result = run.run(VENV=str(venv), ALLOW_NO_CUDA="1", VLLM_TP="1", VLLM_DP="1", VLLM_SERVE_ARGS="--enforce-eager",
-                     COMPLETIONS_PER_STEP="4")  # fmt: skip
+    result = run.run(VENV=str(venv), ALLOW_NO_CUDA="1", VLLM_TP="1", VLLM_SERVE_ARGS="--enforce-eager",
+                     COMPLETIONS_PER_STEP="4", PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True,max_split_size_mb:512")  # fmt: skip
     assert result.returncode == 0, result.stderr
     served = json.loads((tmp_path / "argv" / "vllm.json").read_text())
     assert served["dev_mode"] == "1"  # TRL's weight-transfer endpoints live behind vLLM's dev mode
@@ -328,6 +329,12 @@ def test_multi_node_default_commands_match_trl(tmp_path, tiny_model_dir):
         assert (training_args.vllm_server_host, training_args.vllm_server_port) == ("127.0.0.1", run.port)
         assert training_args.vllm_group_port == 51216
         assert (training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps) == (1, 2)
+        env = json.loads((tmp_path / "argv" / f"accelerate-{rank}.json").read_text())["env"]
+        # the weight-sync NCCL group is opened on the first training host, at its address towards the server
+        assert env["VLLM_HOST_IP"] == ("127.0.0.1" if rank == 0 else None)
+        assert env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"  # expandable segments break sleep mode
+    served_env = json.loads((tmp_path / "argv" / "vllm.json").read_text())["env"]
+    assert served_env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512" and served_env["VLLM_HOST_IP"] is None
     run.assert_all_stopped()
 
 
@@ -373,9 +380,11 @@ def test_single_node_dry_run_prints_a_command_that_parses(tmp_path):
 
     zero3 = REPO / "configs" / "accelerate" / "zero3.yaml"
     result = subprocess.run(["bash", str(LAUNCH / "single_node_colocate.sh"), str(SMOKE), str(zero3), "--max_steps",
-                             "7"], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "4", "VENV": VENV},
+                             "7"], env={**os.environ, "DRY_RUN": "1", "NUM_GPUS": "4", "VENV": VENV,
+                                        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "dropping expandable_segments (it breaks vLLM's sleep mode)" in result.stderr
     argv = shlex.split(result.stdout)
     assert argv[:6] == [f"{VENV}/bin/accelerate", "launch", "--config_file", str(zero3), "--num_processes", "4"]
     assert argv[6] == "train/grpo_agg.py"

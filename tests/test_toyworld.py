@@ -129,7 +129,9 @@ def test_quick_demo_runs_every_stage(tmp_path):
         model = out / "models" / f"{arm}-t0"
         assert (model / "model.safetensors").is_file()
         assert "model saved to" in (model / "train.log").read_text()
-        logged = [json.loads(line) for line in (model / "completions.jsonl").read_text().splitlines()]
+        from rsa.training import read_completions
+
+        logged = read_completions(model / "completions.jsonl")
         assert {row.get("kind") for row in logged} == kinds, arm
         if arm == "onpolicy":  # trained on aggregation prompts built from the policy's own candidates
             agg = [row for row in logged if row["kind"] == "aggregate"]

@@ -264,7 +264,9 @@ def test_smoke_recipe_trains_for_real(trained, tiny_model_dir):
     before, after = _weights(tiny_model_dir), _weights(trained / "checkpoint-2")
     changed = [k for k in before if not before[k].equal(after[k])]
     assert changed, "two GRPO steps left every parameter unchanged"
-    lines = [json.loads(x) for x in (trained / "completions.jsonl").read_text().splitlines()]
+    from rsa.training import read_completions
+
+    lines = read_completions(trained / "completions.jsonl")
     assert len(lines) == 2 * 4 and {x["step"] for x in lines} == {0, 1}
     assert set(lines[0]) >= {"prompt", "completion", "rewards", "reward", "step", "task", "kind"}
     assert set(lines[0]["rewards"]) == {"reward_task", "reward_length_shaping"}
@@ -284,7 +286,9 @@ def test_resume_continues_the_step_count(trained, tiny_model_dir, rows_file, tmp
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
-    lines = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    from rsa.training import read_completions
+
+    lines = read_completions(out / "completions.jsonl")
     # the first 8 lines are the original run's; resuming ran only the third step (generated at global step 2)
     assert len(lines) == 12 and {x["step"] for x in lines[8:]} == {2}
 
@@ -348,7 +352,9 @@ def _accelerate(tmp_path, launch_args: list[str], model_dir: str, rows: Path, en
 
 
 def _check_two_ranks(out: Path) -> dict:
-    lines = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    from rsa.training import read_completions
+
+    lines = read_completions(out / "completions.jsonl")
     # 2 processes x 4 completions x 2 steps, gathered and written once by rank 0
     assert len(lines) == 16 and {x["rank"] for x in lines} == {0, 1}
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2

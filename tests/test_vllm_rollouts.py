@@ -124,7 +124,9 @@ def test_grpo_with_vllm_colocate_on_plain_and_aggregation_rows(tiny_model_dir, t
     # vLLM's sampling logprobs are compared with the trainer's: a stale engine would drift away
     diffs = [h["sampling/sampling_logp_difference/mean"] for h in state["log_history"] if "loss" in h]
     assert len(diffs) == 2 and max(diffs) < 0.05, diffs
-    kinds = {json.loads(line)["kind"] for line in (out / "completions.jsonl").read_text().splitlines()}
+    from rsa.training import read_completions
+
+    kinds = {row["kind"] for row in read_completions(out / "completions.jsonl")}
     assert kinds == {"plain", "aggregate"}
     assert "switching to vLLM's in-place reload_weights" in proc.stderr
     assert "Invalid process group" not in proc.stderr  # the engine is shut down before the process group
@@ -137,7 +139,9 @@ def test_on_policy_aggregation_with_vllm_colocate(tiny_model_dir, tmp_path):
     _, out, state = _two_colocate_steps(
         tiny_model_dir, tmp_path, "--on_policy_aggregation", "1.0", "--on_policy_k", "2", "--save_strategy", "no"
     )
-    lines = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    from rsa.training import read_completions
+
+    lines = read_completions(out / "completions.jsonl")
     assert lines and {line["kind"] for line in lines} == {"aggregate"}
     for line in lines:  # the task's aggregation prompt around the plain question, with two candidates
         assert line["prompt"][-1]["content"].strip() in line["rollout_prompt"]
