@@ -3,8 +3,8 @@
     .venv/bin/python experiments/toy_base_sweep.py --out runs/base-sweep [--world add|pick] [--workers 2] [--problems 192]
 
 For each `PretrainConfig` variant of the world (`VARIANTS` for `add`, `PICK_VARIANTS` for `pick`: the shipped
-default and the alternatives docs/TOYWORLD.md discusses): pre-train from scratch (one CPU thread per worker), measure the base on fresh in-distribution
-prompts (`rsa.toyworld.diagnostics.measure_base`, K=3, temperature 1), then evaluate base + RSA on the demo's
+default and the alternatives docs/TOYWORLD.md discusses): pre-train from scratch (one CPU thread per worker),
+measure the base on fresh in-distribution prompts (`rsa.toyworld.diagnostics.measure_base`, K=3, temperature 1), then evaluate base + RSA on the demo's
 held-out problems (N=8, K=3, T=5, RSA seed 1234) and read the populations' diagnostics. Prints one markdown
 table; every variant's model, gate and run stay under `--out`, and a finished variant is not redone.
 """
@@ -42,7 +42,9 @@ VARIANTS: dict[str, dict] = {
 }
 #: name -> changes to the pick world's shipped PretrainConfig (rsa.toyworld.pipeline.PICK_PRETRAIN)
 PICK_VARIANTS: dict[str, dict] = {
-    "default": {},
+    "default (2400 steps, 70% agg)": {},
+    "1600 steps, 60% agg": {"steps": 1600, "aggregation_fraction": 0.6},
+    "always checks, 1600 steps": {"steps": 1600, "check_prob": 1.0},
 }
 
 
