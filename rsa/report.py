@@ -154,6 +154,50 @@ def _draw(ax, runs: list[RunSummary], key: str, title: str) -> None:
     ax.set_xticks(range(1, max_step + 1) if max_step <= 20 else ax.get_xticks())
 
 
+def group_figure(groups: dict[str, list[RunSummary]], keys=PLOTTED):
+    """A figure with one panel per metric (shared y-axis, in percent) and one line per group of runs: the mean
+    over the group's runs at each step, with a band of ± one standard deviation (none for a single run), one
+    colour per group. Groups are, for example, the arms of an experiment with their seeds pooled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2), squeeze=False, sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, (key, title) in zip(axes[0], keys):
+        for index, (name, runs) in enumerate(groups.items()):
+            steps = min(len(run.steps) for run in runs)
+            values = 100 * np.array([[run.steps[i][key] for i in range(steps)] for run in runs])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            x = np.arange(1, steps + 1)
+            ax.plot(x, mean, marker="o", markersize=3, color=colours(index % 10), label=f"{name} ({len(runs)} runs)")
+            if len(runs) > 1:
+                ax.fill_between(x, mean - std, mean + std, color=colours(index % 10), alpha=0.15, linewidth=0)
+        ax.set_title(title)
+        ax.set_xlabel("RSA step")
+        ax.grid(alpha=0.3)
+        ax.set_xticks(range(1, 1 + max(min(len(r.steps) for r in runs) for runs in groups.values())))
+    axes[0][0].set_ylabel("accuracy (%), mean ± std over runs")
+    axes[0][0].set_ylim(0, 100)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(groups)), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(groups) - 1) // 3), 1, 1))
+    return fig
+
+
+def write_group_plot(groups: dict[str, list[RunSummary]], path: str | Path) -> Path:
+    """Save `group_figure(groups)` as a PNG at `path` (atomically); returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig = group_figure(groups)
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
 def _save(fig, path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=120, format="png")

@@ -157,6 +157,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
                  "extra prompt tokens per training run"):  # fmt: skip
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
+    assert (out / "report" / "rsa_steps_by_arm.png").stat().st_size > 1000  # one line per arm with its spread
     # the evaluations ran in worker processes; the same evaluation in this process gives the same populations
     config = ToyWorldConfig.quick(DEFAULT_WORLD)
     again_dir = evaluate(

@@ -402,6 +402,21 @@ def _worker_logging() -> None:
     )
 
 
+#: the per-arm plot in OUT/report: one line per arm (mean over its runs) with a ± std band
+ARM_PLOT = "rsa_steps_by_arm.png"
+
+
+def write_arm_plot(runs: dict[tuple[str, int | None, int], Path], path: Path) -> Path:
+    """Pass@1, Pass@N and majority vs RSA step, one line per arm over its training and RSA seeds (`rsa.report`)."""
+    from rsa.report import load_run, write_group_plot
+    from rsa.toyworld.evidence import ARM_NAMES
+
+    groups: dict[str, list] = {}
+    for (arm, _, _), run in runs.items():
+        groups.setdefault(ARM_NAMES.get(arm, arm), []).append(load_run(run))
+    return write_group_plot(groups, path)
+
+
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
     """The evidence report (rsa.toyworld.evidence) over all runs, written to `out/summary.md`."""
     from rsa.runs import write_text_atomic
@@ -453,6 +468,7 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
             jobs.append((evaluate, name, model, eval_file, out / "eval" / name, rsa_seed, config))
     runs = dict(zip(run_keys, _run_jobs(jobs, config.workers, processes=True)))
     paths = write_report(list(runs.values()), out / "report")
+    write_arm_plot(runs, out / "report" / ARM_PLOT)
     table = summarise(runs, out, [*training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)
     return table
