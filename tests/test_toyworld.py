@@ -154,7 +154,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     for text in ("## Pass@1 per RSA step", "## Paired comparisons", "## The paper's claims in this run",
                  "RSA raises a base model's Pass@1", "beats standard RL under RSA", "## Diagnostics",
                  "agg-aware RL (on-policy)", "agg-aware RL (co-trained)", "## Training cost", "extra candidate tokens",
-                 "extra prompt tokens per training run"):  # fmt: skip
+                 "extra prompt tokens per training run", "## Aggregation on fixed candidates",
+                 "| agg-aware RL (co-trained) | 1 |", "## Mechanism", "standard RL vs base at step 3"):  # fmt: skip
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
     assert (out / "report" / "rsa_steps_by_arm.png").stat().st_size > 1000  # one line per arm with its spread

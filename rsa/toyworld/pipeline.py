@@ -323,6 +323,50 @@ def gate_base(base: Path, config: ToyWorldConfig) -> str:
     return line
 
 
+SKILL_FILE = "toy_skill.json"
+
+
+def fixed_candidate_skills(base: Path, models: dict[tuple[str, int], Path], config: ToyWorldConfig) -> list[str]:
+    """Every model's aggregation skill on the same fixed prompts (the gate's measurement: fresh in-distribution
+    problems, K=3 candidates from the pre-training solver), so that arms are compared on equal inputs rather
+    than on their own RSA populations; one table of means over training seeds. Each model's measurement is kept
+    next to it (`toy_skill.json`) and not redone."""
+    from rsa.runs import write_json_atomic
+    from rsa.stats import fmt
+    from rsa.toyworld.diagnostics import GATE_FILE, measure_base
+    from rsa.toyworld.evidence import ARM_NAMES
+
+    measured: dict[str, list[dict]] = {"base": [json.loads((base / GATE_FILE).read_text())["result"]]}
+    for (arm, _), path in models.items():
+        saved = path / SKILL_FILE
+        if not saved.is_file():
+            with _one_thread():
+                result = measure_base(path, config.pretrain, max_new_tokens=config.max_completion_length)
+            write_json_atomic(saved, result)
+        measured.setdefault(arm, []).append(json.loads(saved.read_text()))
+    keys = ["plain", "agg", "random_copy", "copies_valid_when_possible", "resolves"]
+    names = ["plain acc", "aggregation acc", "random copy", "copies a valid candidate when one exists",
+             "answers none of its candidates"]  # fmt: skip
+    if "checking" in measured["base"][0]:
+        keys += ["checking", "verdicts_right"]
+        names += ["checks its candidates", "right check verdicts"]
+    first = measured["base"][0]
+    lines = [
+        f"## Aggregation on fixed candidates (the same {first['problems']} in-distribution prompts for every model, "
+        f"K={first['k']} candidates from the pre-training solver; mean over training seeds)",
+        "",
+        "| arm | models | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for arm, results in measured.items():
+        cells = []
+        for key in keys:
+            values = [r[key] for r in results if r.get(key) is not None]
+            cells.append(fmt(sum(values) / len(values) if values else None))
+        lines.append(f"| {ARM_NAMES.get(arm, arm)} | {len(results)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, config: ToyWorldConfig) -> Path:
     """RSA evaluation of one model (hf engine) into the run directory `out_dir`; resumes a partial run."""
     from rsa.data import load_problems
@@ -469,6 +513,7 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     runs = dict(zip(run_keys, _run_jobs(jobs, config.workers, processes=True)))
     paths = write_report(list(runs.values()), out / "report")
     write_arm_plot(runs, out / "report" / ARM_PLOT)
-    table = summarise(runs, out, [*training_costs(models), "", gate])
+    skills = fixed_candidate_skills(base, models, config)
+    table = summarise(runs, out, [*skills, "", *training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)
     return table
