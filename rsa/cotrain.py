@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rsa.loop import draw_aggregation_sets, subset_rng
-from rsa.onpolicy import _content, _unit, parse_k
+from rsa.onpolicy import _content, _unit, parse_k, rollout_output
 from rsa.rows import row_to_problem
 from rsa.tasks import Problem, get_task
 
@@ -323,12 +323,6 @@ class CoTrainedAggregation:
         metrics = trainer._metrics["train"]
         metrics["cotrain/groups"].append(float(len(cotrained)))
         metrics["cotrain/extra_prompt_tokens"].append(float(extra_prompt_tokens))
-        return {
-            "prompt_ids": prompt_ids,
-            "completion_ids": completion_ids,
-            "logprobs": logprobs,
-            "kind": kinds,
-            "rollout_prompt": [_content(p) for p in final_prompts],
-            GROUP_COLUMN: groups,
-            K_COLUMN: ks,
-        }
+        return rollout_output(
+            prompt_ids, completion_ids, logprobs, kinds, final_prompts, **{GROUP_COLUMN: groups, K_COLUMN: ks}
+        )

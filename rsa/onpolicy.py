@@ -61,6 +61,19 @@ def _unit(*parts) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def rollout_output(prompt_ids, completion_ids, logprobs, kinds: list[str], prompts: list, **columns) -> dict:
+    """What a TRL 1.16 `rollout_func` returns: token ids and logprobs, plus the extra per-row columns that reach
+    the reward functions and the completion log (`kind`, the `rollout_prompt` text, and any `columns`)."""
+    return {
+        "prompt_ids": prompt_ids,
+        "completion_ids": completion_ids,
+        "logprobs": logprobs,
+        "kind": kinds,
+        "rollout_prompt": [_content(p) for p in prompts],
+        **columns,
+    }
+
+
 def _content(prompt) -> str:
     return prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
 
@@ -181,13 +194,7 @@ class OnPolicyAggregation:
         if agg_rows:
             metrics["onpolicy/candidates_accuracy"].append(sum(cand_accuracy[i] for i in agg_rows) / len(agg_rows))
             metrics["onpolicy/candidates_pass_at_k"].append(sum(cand_pass[i] for i in agg_rows) / len(agg_rows))
-        return {
-            "prompt_ids": prompt_ids,
-            "completion_ids": completion_ids,
-            "logprobs": logprobs,
-            "kind": kinds,
-            "rollout_prompt": [_content(p) for p in final_prompts],
-        }
+        return rollout_output(prompt_ids, completion_ids, logprobs, kinds, final_prompts)
 
 
 #: the request that pads a process's candidate generation up to the common count (its completion is dropped)
