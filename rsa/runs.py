@@ -35,6 +35,7 @@ A new run refuses a non-empty folder that holds no run unless asked (`allow_exis
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -43,10 +44,10 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rsa.engines.base import Engine
 from rsa.loop import GroupResult, LoopConfig, Member, Population, RSALoop, evaluated_population, final_answers
@@ -108,14 +109,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, fsync and rename: never half-written."""
+@contextlib.contextmanager
+def open_atomic(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: a temporary file next to it, fsynced and renamed into place when
+    the block ends without an exception (removed otherwise), so `path` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -123,6 +126,12 @@ def write_text_atomic(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, fsync and rename: never half-written."""
+    with open_atomic(path) as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
