@@ -92,6 +92,7 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
         raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
     else:
         run_dir.check_new(allow_existing=config.allow_existing_dir)  # not a folder of other files, unless asked
+    run_dir.acquire()  # one writer per folder, refused before the engine loads
     plan = EvalPlan(config, problems, options, run_dir, manifest=None, steps_done=0)
     if config.max_new_tokens is not None:
         _set_manifest(plan)
@@ -124,7 +125,10 @@ def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
 
     With `config.report_to`, the per-step summaries also go to those trackers (`rsa.tracking`).
     """
-    summaries = _evaluate(plan, engine)
+    try:
+        summaries = _evaluate(plan, engine)
+    finally:
+        plan.run_dir.release()  # the folder's lock, taken by prepare_eval
     if plan.config.report_to:
         from rsa.tracking import MetricsTracker
 
