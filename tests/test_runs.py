@@ -173,7 +173,7 @@ def test_a_second_resume_is_refused_naming_the_holder_and_a_killed_holder_frees_
         holder.send_signal(signal.SIGKILL)  # a killed writer leaves no stuck lock
         holder.wait(timeout=30)
         second.check_resumable(second.manifest)
-        assert "pid %d " % os.getpid() in (run_path / ".lock").read_text()
+        assert f"pid {os.getpid()} " in (run_path / ".lock").read_text()
     finally:
         holder.kill()
         holder.wait()
