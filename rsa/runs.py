@@ -358,7 +358,7 @@ _HELD_LOCK = threading.Lock()
 
 
 def _lock_holder(fd: int) -> str:
-    """"pid N on host H" from a lock file another process holds (it writes that just after locking)."""
+    """ "pid N on host H" from a lock file another process holds (it writes that just after locking)."""
     for _ in range(50):
         text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
         if text:
