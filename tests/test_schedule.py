@@ -216,6 +216,35 @@ def test_one_failing_prompt_does_not_stop_the_run_and_resume_fills_it_in(tmp_pat
     assert records(out) == records(tmp_path / "clean")
 
 
+def test_a_poisoned_problem_left_alone_at_the_end_is_not_an_engine_outage(tmp_path):
+    """Problem 0's requests are slow and always fail; the others finish first, so the last steps hold only its
+    failures in a row. That is one problem's fault: the run completes, every step committed."""
+    items = problems(3)
+    config = LoopConfig(population=2, k=2, steps=4, max_new_tokens=32)  # breaker limit: all 6 requests of step 1
+    poisoned = "What is 0 + 1?"
+    with FaultServer(
+        content_fn=answer,
+        delay_fn=lambda body: 0.8 if poisoned in body["messages"][-1]["content"] else 0.01,
+        fail_when=lambda body: poisoned in body["messages"][-1]["content"],
+    ) as server:
+        run_dir = new_run(tmp_path / "run", items)
+        summaries = run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+    assert [s["failed_requests"] for s in summaries] == [2, 2, 2, 2]
+    assert (run_dir.path / "final.json").exists()
+
+
+def test_failures_across_problems_still_stop_the_run_as_an_outage(tmp_path):
+    from rsa.engines.base import EngineError
+
+    items = problems(3)
+    config = LoopConfig(population=2, k=2, steps=4, max_new_tokens=32)
+    with FaultServer(content_fn=answer, fail_when=lambda body: True) as server:
+        run_dir = new_run(tmp_path / "run", items)
+        with pytest.raises(EngineError, match="requests of 3 problem.s. failed in a row.*the engine looks down"):
+            run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+    assert not run_dir.completed_steps()
+
+
 def test_resume_retries_only_the_failed_member_and_what_was_built_on_it(tmp_path):
     items = problems(3)
     config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=32, seed=5)
