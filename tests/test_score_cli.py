@@ -144,3 +144,22 @@ def test_a_graded_program_cannot_read_the_graders_input(capsys):
         assert [json.loads(line)["score"] for line in dst.read_text().splitlines()] == [0.0]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_score_refuses_nan_answers_and_never_writes_bare_nan(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "graded.jsonl"
+    src.write_text(
+        '{"task": "math", "completion": "\\\\boxed{nan}", "answer": NaN}\n'
+        '{"task": "math", "completion": "\\\\boxed{1}", "answer": "1", "temperature": Infinity}\n'
+        '{"task": "math", "completion": "\\\\boxed{2}", "answer": "2"}\n'
+    )
+    assert main(["score", "--input", str(src), "--output", str(dst)]) == 1
+
+    def refuse(token):
+        raise AssertionError(f"bare {token} written")
+
+    out = [json.loads(line, parse_constant=refuse) for line in dst.read_text().splitlines()]
+    assert [r["score"] for r in out] == [1.0]
+    err = capsys.readouterr().err
+    assert "in.jsonl: line 1: field 'answer' is nan" in err
+    assert "in.jsonl: line 2: holds NaN or Infinity, which JSON does not allow" in err
