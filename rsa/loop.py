@@ -30,8 +30,8 @@ regenerated successfully, so a resumed run retries exactly the failed requests a
 When requests fail in a row (`MAX_FAILURES_IN_A_ROW`, or all of a smaller first step) with none
 succeeding in between, the engine is taken to be down: the run stops with `EngineError` (resumable). A
 poisoned problem (one whose every request fails while the engine serves the others) is not an outage, so the
-streak must span at least two problems: such a problem left alone at the end of an async run fails its
-members and the run completes (as does a one-problem run whose engine went down; `--resume` retries them).
+streak must span at least two problems (unless the run has only one): such a problem left alone at the end of
+an async run fails its members and the run completes (`--resume` retries them).
 
 Candidates that would overflow the context (`engine.max_model_len - max_new_tokens` tokens for the
 prompt) are shortened, each to an equal share of what the question leaves free, keeping their beginning
@@ -425,8 +425,10 @@ class RSALoop:
             return outcome
         self._failures_in_a_row += 1
         self._streak_problems.add(request.problem_index)
-        # one problem failing alone is that problem's fault (a prompt the server rejects), not the engine's
-        if self._failures_in_a_row >= self._failure_limit and len(self._streak_problems) > 1:
+        # one problem failing alone is that problem's fault (a prompt the server rejects), not the engine's; with
+        # a single problem in the run the two cannot be told apart, and stopping early is the cheaper mistake
+        several = len(self._streak_problems) > 1 or len(self.problems) == 1
+        if self._failures_in_a_row >= self._failure_limit and several:
             raise EngineError(
                 f"{self._failures_in_a_row} requests of {len(self._streak_problems)} problem(s) failed in a row with "
                 f"none succeeding: the engine looks down, stopping (what was committed is kept). Last error: {outcome}"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
@@ -118,6 +119,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: errno values of a full disk (or a full quota): the error then names the file being written
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """A disk-full OSError that names `path` (a failed write() names no file); any other error unchanged."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL and not exc.filename:
+        named = OSError(exc.errno, exc.strerror, str(path))
+        named.__cause__ = exc
+        return named
+    return exc
+
+
 @contextlib.contextmanager
 def open_atomic(path: Path) -> Iterator[TextIO]:
     """A text file to write `path` through: a temporary file next to it, fsynced and renamed into place when
@@ -131,9 +145,12 @@ def open_atomic(path: Path) -> Iterator[TextIO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     _fsync_dir(path.parent)
 
 
@@ -154,11 +171,17 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line to `path`, flushed and fsynced before returning."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one JSON line to `path`, flushed and fsynced before returning (a full disk names `path`)."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -447,9 +470,20 @@ class RunDirectory:
     def create(self, manifest: dict, problems: Sequence[Problem], *, allow_existing: bool = False) -> None:
         """Start a new run as the folder's only writer (`acquire`); FileExistsError when the folder holds a run, or
         other files (unless `allow_existing`), or another writer holds it."""
-        self.check_new(allow_existing=allow_existing)
+        newly_held = self._lock_fd is None
+        try:
+            self.check_new(allow_existing=allow_existing)  # before anything is made: a refused folder gains no file
+        except RunFolderError:
+            if not (self.path / LOCK).is_file():
+                raise
+            # perhaps another writer's run, half made: its lock names it; else the check below refuses again
         self.acquire()
-        self.check_new(allow_existing=allow_existing)  # again under the lock: a concurrent writer may have won
+        try:
+            self.check_new(allow_existing=allow_existing)  # under the lock: a concurrent writer may have won
+        except BaseException:
+            if newly_held:
+                self.release()
+            raise
         write_jsonl_atomic(
             self.path / PROBLEMS,
             ({"id": p.id, "task": p.task, "question": p.question, "answer": p.answer} for p in problems),

@@ -185,6 +185,29 @@ def test_async_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     assert records(killed) == records(tmp_path / "whole")
 
 
+def test_a_full_disk_names_the_file_and_says_resume(tmp_path):
+    """`rsa eval` on a real, tiny file system (a 64 KiB tmpfs that bubblewrap mounts for the run): the write that
+    fills it fails, and the message names that file and says how to continue."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("needs bubblewrap to mount a small file system (apt-get install -y bubblewrap)")
+    small = tmp_path / "small"
+    small.mkdir()
+    out = small / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    with FaultServer(content_fn=lambda body: "x " * 2000 + answer(body)) as server:  # 4 KB completions
+        command = ["bwrap", "--dev-bind", "/", "/", "--size", str(64 << 10), "--tmpfs", str(small),
+                   sys.executable, "-m", "rsa.cli", *eval_argv(server.url, out)]  # fmt: skip
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "bwrap:" in proc.stderr:
+        pytest.skip(f"bubblewrap cannot mount a tmpfs here: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"no space left on the device while writing {out}/" in proc.stderr
+    assert f"run the same command with --resume to continue the run in {out}" in proc.stderr
+
+
 # ----- failed requests ------------------------------------------------------------------------------------------
 def test_one_failing_prompt_does_not_stop_the_run_and_resume_fills_it_in(tmp_path, capsys):
     from rsa.cli import main
