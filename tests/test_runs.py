@@ -284,3 +284,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     assert main([*eval_argv(tiny_model_dir, killed), "--resume"]) == 0
     assert main(eval_argv(tiny_model_dir, tmp_path / "whole")) == 0
     assert records(killed) == records(tmp_path / "whole")
+
+
+def test_rsa_eval_resume_is_refused_while_another_writer_runs_there(tmp_path, tiny_model_dir, no_engine, capsys):
+    from rsa.cli import main
+
+    run_path, go = tmp_path / "run", tmp_path / "go"
+    go.touch()
+    holder = start_writer(run_path, "create", go, 60.0)  # holds the run folder as `rsa eval` would
+    try:
+        assert holder.stdout.readline().startswith("WROTE")
+        argv = ["eval", "--engine", "hf", "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--limit",
+                "2", "-N", "2", "-K", "2", "-T", "2", "--max-new-tokens", "8", "--out", str(run_path), "--resume"]  # fmt: skip
+        assert main(argv) == 2  # refused before any engine is built (no_engine)
+        err = capsys.readouterr().err
+        assert f"is in use by another writer (pid {holder.pid} on host {socket.gethostname()})" in err
+    finally:
+        holder.kill()
+        holder.wait()
