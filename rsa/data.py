@@ -132,12 +132,14 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
         flat["options"] = decode_json_field(flat["options"], where, "options")
 
     if "prompt" in row and row["prompt"] is not None:
-        question = _question_from_prompt(row["prompt"], where)
+        question = raw = _question_from_prompt(row["prompt"], where)
     elif isinstance(row.get("question"), str) or isinstance(row.get("problem"), str):
         raw = row.get("question") if isinstance(row.get("question"), str) else row["problem"]
         question = format_question(task_name, raw, flat.get("options"))
     else:
         raise ValueError(f"{where}: no question: expected field 'prompt' (chat messages) or 'question' (text)")
+    if not raw.strip():
+        raise ValueError(f"{where}: the question is empty; every problem needs its question text")
 
     reward_model = decode_json_field(row.get("reward_model") or {}, where, "reward_model")
     # SuperGPQA keeps the option text in `answer` and the letter in `answer_letter`
@@ -148,6 +150,17 @@ def row_to_problem(row: Mapping[str, Any], where: str, default_id: str, task: st
     pid = row.get("id") or extra.get("id") or extra.get("index")
     flat["id"] = str(pid) if pid is not None else default_id
     return rows.row_to_problem(flat, where, question=question, meta_fields=(*META_COLUMNS, "data_source"))
+
+
+def _unique(problem: Problem, where: str, seen: dict[str, str]) -> Problem:
+    """`problem`, once its id is known to be new in `seen` (id -> where it was first); ValueError otherwise."""
+    if problem.id in seen:
+        raise ValueError(
+            f"{where}: duplicate problem id {problem.id!r} (first at {seen[problem.id]}); every problem needs its own "
+            "id (results are recorded by id)"
+        )
+    seen[problem.id] = where
+    return problem
 
 
 def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -173,9 +186,11 @@ def load_file(path: str | Path, task: str | None = None, limit: int | None = Non
     if not path.exists():
         raise FileNotFoundError(f"dataset file {path} does not exist")
     unit = "line" if path.suffix.lower() == ".jsonl" else "row"
-    problems = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
     for number, row in _read_rows(path):
-        problems.append(row_to_problem(row, f"{path}: {unit} {number}", f"{path.stem}-{number}", task))
+        where = f"{path}: {unit} {number}"
+        problems.append(_unique(row_to_problem(row, where, f"{path.stem}-{number}", task), where, seen))
         if limit is not None and len(problems) >= limit:
             break
     if not problems:
@@ -185,7 +200,11 @@ def load_file(path: str | Path, task: str | None = None, limit: int | None = Non
 
 def load_rows(rows: Iterable[Mapping[str, Any]], source: str, task: str | None = None) -> list[Problem]:
     """Problems from in-memory rows (e.g. a `datasets.Dataset`); errors name `source` and the row."""
-    return [row_to_problem(row, f"{source}: row {i}", f"{source}-{i}", task) for i, row in enumerate(rows, 1)]
+    seen: dict[str, str] = {}
+    return [
+        _unique(row_to_problem(row, f"{source}: row {i}", f"{source}-{i}", task), f"{source}: row {i}", seen)
+        for i, row in enumerate(rows, 1)
+    ]
 
 
 def load_hf(name: str, split: str = "train", task: str | None = None, limit: int | None = None) -> list[Problem]:

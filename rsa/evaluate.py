@@ -82,6 +82,7 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
     if not problems:
         raise ValueError(f"--dataset {config.dataset}: no problems")
     logger.info("%d problems from %s", len(problems), config.dataset)
+    check_context_early(config, options, problems, context)
 
     run_dir = RunDirectory(config.out)
     if run_dir.exists():
@@ -92,10 +93,43 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
         raise FileNotFoundError(f"--resume: {config.out} holds no run (no {MANIFEST}); start it without --resume")
     else:
         run_dir.check_new(allow_existing=config.allow_existing_dir)  # not a folder of other files, unless asked
+    run_dir.acquire()  # one writer per folder, refused before the engine loads
     plan = EvalPlan(config, problems, options, run_dir, manifest=None, steps_done=0)
     if config.max_new_tokens is not None:
         _set_manifest(plan)
     return plan
+
+
+class _TokenCounter:
+    """The two things `RSALoop.check_context` reads of an engine (its context and token counts), from a tokenizer."""
+
+    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
+        self.tokenizer, self.max_model_len = tokenizer, max_model_len
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text`, counted as the engines count them (no special tokens added)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def check_context_early(config: EvalConfig, options: dict, problems: list, context: int | None) -> None:
+    """ContextBudgetError (a ValueError) before any engine loads when a question cannot fit its prompts, where a
+    tokenizer is at hand: the model's own (a local folder, or in the Hugging Face cache) or the openai engine's
+    `tokenizer`; otherwise the same check runs once the engine is up."""
+    from rsa.loop import RSALoop
+
+    path = config.model
+    if config.engine == "openai":  # as the engine does: its `tokenizer`, else the model when it is a local folder
+        path = options.get("tokenizer") or (config.model if Path(config.model).is_dir() else None)
+    if context is None or config.max_new_tokens is None or not path:
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=not Path(path).is_dir())
+    except Exception as exc:  # not at hand (not cached, no tokenizer files): the engine's check will run
+        logger.debug("no tokenizer at hand for the early context check (%s)", exc)
+        return
+    RSALoop(_TokenCounter(tokenizer, context), problems, config.loop_config()).check_context()
 
 
 def _set_manifest(plan: EvalPlan) -> None:
@@ -124,7 +158,10 @@ def execute_eval(plan: EvalPlan, engine: Any = None) -> list[dict]:
 
     With `config.report_to`, the per-step summaries also go to those trackers (`rsa.tracking`).
     """
-    summaries = _evaluate(plan, engine)
+    try:
+        summaries = _evaluate(plan, engine)
+    finally:
+        plan.run_dir.release()  # the folder's lock, taken by prepare_eval
     if plan.config.report_to:
         from rsa.tracking import MetricsTracker
 

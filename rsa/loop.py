@@ -28,7 +28,10 @@ failed member: empty text, score 0, its error text kept (naming step, problem an
 on. A member is regenerated only when it is missing or failed, or when one of its parents was
 regenerated successfully, so a resumed run retries exactly the failed requests and what depends on them.
 When requests fail in a row (`MAX_FAILURES_IN_A_ROW`, or all of a smaller first step) with none
-succeeding in between, the engine is taken to be down: the run stops with `EngineError` (resumable).
+succeeding in between, the engine is taken to be down: the run stops with `EngineError` (resumable). A
+poisoned problem (one whose every request fails while the engine serves the others) is not an outage, so the
+streak must span at least two problems (unless the run has only one): such a problem left alone at the end of
+an async run fails its members and the run completes (`--resume` retries them).
 
 Candidates that would overflow the context (`engine.max_model_len - max_new_tokens` tokens for the
 prompt) are shortened, each to an equal share of what the question leaves free, keeping their beginning
@@ -285,6 +288,7 @@ class RSALoop:
         )
         self._failures_in_a_row = 0
         self._failure_limit = MAX_FAILURES_IN_A_ROW
+        self._streak_problems: set[int] = set()  # problems of the current run of failures
 
     @property
     def schedule(self) -> str:
@@ -410,16 +414,24 @@ class RSALoop:
                 changed.add(request.slot)
         return list(members), changed, tokens
 
-    def _count(self, outcome: Generation | str) -> Generation | str:
+    def _succeeded(self) -> None:
+        self._failures_in_a_row = 0
+        self._streak_problems.clear()
+
+    def _count(self, outcome: Generation | str, request: _Request) -> Generation | str:
         """Track failures in a row; EngineError when the engine looks down (see the module docstring)."""
         if not isinstance(outcome, str):
-            self._failures_in_a_row = 0
+            self._succeeded()
             return outcome
         self._failures_in_a_row += 1
-        if self._failures_in_a_row >= self._failure_limit:
+        self._streak_problems.add(request.problem_index)
+        # one problem failing alone is that problem's fault (a prompt the server rejects), not the engine's; with
+        # a single problem in the run the two cannot be told apart, and stopping early is the cheaper mistake
+        several = len(self._streak_problems) > 1 or len(self.problems) == 1
+        if self._failures_in_a_row >= self._failure_limit and several:
             raise EngineError(
-                f"{self._failures_in_a_row} requests failed in a row with none succeeding: the engine looks down, "
-                f"stopping (what was committed is kept). Last error: {outcome}"
+                f"{self._failures_in_a_row} requests of {len(self._streak_problems)} problem(s) failed in a row with "
+                f"none succeeding: the engine looks down, stopping (what was committed is kept). Last error: {outcome}"
             )
         return outcome
 
@@ -434,12 +446,12 @@ class RSALoop:
             )
         except EngineError as exc:
             if len(requests) == 1:
-                return [self._count(self.describe_failure(requests[0], exc))]
+                return [self._count(self.describe_failure(requests[0], exc), requests[0])]
             logger.warning("a batch of %d requests failed (%s); running them one by one", len(requests), exc)
-            return [self._count(self._generate_alone(r)) for r in requests]
+            return [self._count(self._generate_alone(r), r) for r in requests]
         if len(generations) != len(requests):
             raise RuntimeError(f"engine returned {len(generations)} generations for {len(requests)} requests")
-        self._failures_in_a_row = 0
+        self._succeeded()
         return list(generations)
 
     def _generate_alone(self, request: _Request) -> Generation | str:
@@ -455,7 +467,7 @@ class RSALoop:
             outcome = await self.engine.agenerate_one(request.conversation, self.params, request.seed)
         except EngineError as exc:
             outcome = self.describe_failure(request, exc)
-        return self._count(outcome)
+        return self._count(outcome, request)
 
     # ----- whole runs -----------------------------------------------------------------------------------------
     def execute(
@@ -478,7 +490,8 @@ class RSALoop:
             raise ValueError(f"{len(previous)} previous populations for {len(self.problems)} problems")
         stored = stored or {}
         first = len(self.problems) * self.config.generations_at(start_step)
-        self._failure_limit, self._failures_in_a_row = min(MAX_FAILURES_IN_A_ROW, first), 0
+        self._failure_limit = min(MAX_FAILURES_IN_A_ROW, first)
+        self._succeeded()
         if self.config.schedule == "async" and self.schedule != "async":
             logger.info(
                 "engine %s has no async path: the async schedule runs one batch per step (barrier)",

@@ -13,6 +13,7 @@ Structured fields (`entry`, `options`, `tests`) are stored as JSON text, so ever
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -129,9 +130,15 @@ def decode_json_field(value: Any, where: str, field: str) -> Any:
 
 
 def gold_answer(value: Any, where: str, field: str = "answer") -> str | None:
-    """The gold answer as text: text kept, a number written out, None kept; ValueError for any other type."""
+    """The gold answer as text: text kept, a number written out, None kept; ValueError for any other type and for
+    NaN or Infinity (JSON `NaN`, a NaN in a float column), which are no answer: written out, "nan" would score."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"{where}: field '{field}' is {value} (JSON NaN/Infinity), which is not an answer; give the gold answer "
+            "as text or a finite number"
+        )
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{where}: field '{field}' must be text or a number, got {type(value).__name__}")

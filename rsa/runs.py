@@ -29,24 +29,34 @@ naming the file and line, and nothing committed is ever deleted (`repair_metrics
 the steps from the first one holding a failure are reopened (their lines go back to pending files) and
 only the failed members, and the members built on them, are generated again.
 
+One writer at a time: `create` and `check_resumable` take an `flock` on `.lock` in the folder and hold it until
+the process ends (the kernel drops it when the process dies, even by kill -9, so it never stays stuck); a
+second writer is refused with a RunFolderError naming the holder's pid and host, which the lock file records.
+
 Only the run's own temporary files (`.<name>.<random>.tmp` next to the run's files) are ever removed.
 A new run refuses a non-empty folder that holds no run unless asked (`allow_existing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import platform
+import socket
 import sys
 import tempfile
-from collections.abc import Collection, Iterable, Sequence
+import threading
+import time
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rsa.engines.base import Engine
 from rsa.loop import GroupResult, LoopConfig, Member, Population, RSALoop, evaluated_population, final_answers
@@ -62,6 +72,7 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 PROBLEMS = "problems.jsonl"
 FINAL = "final.json"
+LOCK = ".lock"
 POPULATION_DIR = "population"
 PER_PROBLEM_DIR = "per_problem"
 PENDING_SUFFIX = ".pending.jsonl"
@@ -108,21 +119,45 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file, fsync and rename: never half-written."""
+#: errno values of a full disk (or a full quota): the error then names the file being written
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """A disk-full OSError that names `path` (a failed write() names no file); any other error unchanged."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL and not exc.filename:
+        named = OSError(exc.errno, exc.strerror, str(path))
+        named.__cause__ = exc
+        return named
+    return exc
+
+
+@contextlib.contextmanager
+def open_atomic(path: Path) -> Iterator[TextIO]:
+    """A text file to write `path` through: a temporary file next to it, fsynced and renamed into place when
+    the block ends without an exception (removed otherwise), so `path` is never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
     _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file, fsync and rename: never half-written."""
+    with open_atomic(path) as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -136,11 +171,17 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one JSON line to `path`, flushed and fsynced before returning."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one JSON line to `path`, flushed and fsynced before returning (a full disk names `path`)."""
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        named = _naming(exc, path)
+        if named is exc:
+            raise
+        raise named from exc
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -333,11 +374,65 @@ def member_from_record(record: dict) -> Member:
     )
 
 
+# Run folders whose lock this process holds (realpath -> fd of its `.lock`): flock is per open file, so a second
+# open in the same process would be refused by its own lock
+_HELD: dict[str, int] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_holder(fd: int) -> str:
+    """ "pid N on host H" from a lock file another process holds (it writes that just after locking)."""
+    for _ in range(50):
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "another process"
+
+
 class RunDirectory:
     """A run directory (see the module docstring): create it, commit steps, reload them to resume."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def acquire(self) -> None:
+        """Become the folder's only writer: an flock on `.lock` held until `release` or the end of the process
+        (this process may take it again); RunFolderError naming the holder (pid, host) when another process
+        holds it."""
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        with _HELD_LOCK:
+            if key in _HELD:  # held by this process already (e.g. an in-process resume after a failure)
+                self._lock_fd = _HELD[key]
+                return
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RunFolderError(
+                    f"{self.path} is in use by another writer ({holder}); wait for it to finish (or stop it) "
+                    "before running here again, or choose another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+            _HELD[key] = self._lock_fd = fd
+
+    def release(self) -> None:
+        """Stop being the folder's writer, for this whole process (idempotent)."""
+        if self._lock_fd is None:
+            return
+        with _HELD_LOCK:
+            key = os.path.realpath(self.path)
+            if _HELD.get(key) == self._lock_fd:
+                del _HELD[key]
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def step_file(self, kind: str, step: int) -> Path:
         """Path of the `kind` (population or per_problem) file of `step`."""
@@ -365,7 +460,7 @@ class RunDirectory:
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"--out {self.path} is a file, not a folder; choose a folder for the run")
         # what a create() killed before its manifest leaves behind does not count as someone else's files
-        leftovers = {self.path / PROBLEMS, *self.own_temporaries()}
+        leftovers = {self.path / PROBLEMS, self.path / LOCK, *self.own_temporaries()}
         if self.path.is_dir() and any(p not in leftovers for p in self.path.iterdir()) and not allow_existing:
             raise RunFolderError(
                 f"--out {self.path} is a non-empty folder that holds no run; choose a new or empty folder, or pass "
@@ -373,9 +468,22 @@ class RunDirectory:
             )
 
     def create(self, manifest: dict, problems: Sequence[Problem], *, allow_existing: bool = False) -> None:
-        """Start a new run; FileExistsError when the folder holds a run, or other files (unless `allow_existing`)."""
-        self.check_new(allow_existing=allow_existing)
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Start a new run as the folder's only writer (`acquire`); FileExistsError when the folder holds a run, or
+        other files (unless `allow_existing`), or another writer holds it."""
+        newly_held = self._lock_fd is None
+        try:
+            self.check_new(allow_existing=allow_existing)  # before anything is made: a refused folder gains no file
+        except RunFolderError:
+            if not (self.path / LOCK).is_file():
+                raise
+            # perhaps another writer's run, half made: its lock names it; else the check below refuses again
+        self.acquire()
+        try:
+            self.check_new(allow_existing=allow_existing)  # under the lock: a concurrent writer may have won
+        except BaseException:
+            if newly_held:
+                self.release()
+            raise
         write_jsonl_atomic(
             self.path / PROBLEMS,
             ({"id": p.id, "task": p.task, "question": p.question, "answer": p.answer} for p in problems),
@@ -383,9 +491,11 @@ class RunDirectory:
         write_json_atomic(self.path / MANIFEST, manifest)  # last: a manifest means the run is set up
 
     def check_resumable(self, manifest: dict) -> None:
-        """Raise ValueError listing every difference that forbids resuming this run with `manifest`."""
+        """Become the run's only writer (`acquire`); raise ValueError listing every difference that forbids
+        resuming this run with `manifest`."""
         if not self.exists():
             raise FileNotFoundError(f"--resume: {self.path} holds no run (no {MANIFEST}); start it without --resume")
+        self.acquire()
         diffs = manifest_differences(self.manifest, manifest)
         if diffs:
             raise ValueError(f"cannot resume {self.path}: the run's settings differ: " + "; ".join(diffs))

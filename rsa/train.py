@@ -31,6 +31,7 @@ from rsa.training import (
     check_recipe_file,
     check_reward_columns,
     completions_log_path,
+    finished_step,
     load_training_dataset,
     model_max_length,
     provenance,
@@ -78,6 +79,13 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     )
     check_dataset_size(dataset, training_args)
     checkpoint = resume_checkpoint(training_args, script_args.auto_resume)
+    done = finished_step(training_args, checkpoint, script_args.auto_resume)
+    if done is not None:  # a finished training stays finished: no new checkpoint, the saved model untouched
+        logger.info(
+            "%s: training already finished at step %d; nothing to do (raise max_steps to train further, or use a "
+            "new output_dir)", training_args.output_dir, done,
+        )  # fmt: skip
+        return
     rollout_func = None
     if script_args.cotrained_aggregation:
         from rsa.cotrain import CoTrainedAggregation, cotrained_reward
@@ -99,7 +107,10 @@ def main(script_args: GRPOAggScriptArguments, training_args: GRPOAggConfig, mode
     # 2. Completions go to a local JSONL file as well as to the tracker (TRL's log_completions table); a reward
     #    that fails on one process stops every process at once (the wrapper does both).
     log_path = completions_log_path(script_args, training_args.output_dir)
-    reward_funcs = CompletionLogger(log_path, training_args.reward_weights).wrap(reward_funcs)
+    completion_logger = CompletionLogger(log_path, training_args.reward_weights)
+    if log_path is not None and checkpoint is not None and training_args.process_index == 0:
+        completion_logger.forget_from(checkpoint)  # the steps after the checkpoint are logged again as they rerun
+    reward_funcs = completion_logger.wrap(reward_funcs)
     if log_path is not None:
         logger.info("completions are appended to %s", log_path)
 
@@ -163,6 +174,9 @@ def cli(argv: Sequence[str] | None = None, prog: str = "grpo_agg") -> int:
         main(*parse_args(argv, prog))
     except ConfigError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:  # bad input found by a library (TRL's parser, the data loaders)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

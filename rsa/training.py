@@ -34,7 +34,7 @@ from trl import GRPOConfig, ScriptArguments
 
 from rsa.rewards import RewardFn, completion_text, get_reward
 from rsa.rows import CORE_COLUMNS, META_COLUMNS, REQUIRED_COLUMNS, features, problem_to_row, row_to_problem
-from rsa.runs import package_versions
+from rsa.runs import open_atomic, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +335,23 @@ def _read_files(paths: Sequence[str]):
     if len(suffixes) != 1 or suffixes - {".parquet", ".jsonl", ".json"}:
         raise ConfigError(f"dataset_files must all be .parquet or all .jsonl, got {sorted(suffixes)}")
     builder = "parquet" if suffixes == {".parquet"} else "json"
-    return load_dataset(builder, data_files=[str(p) for p in paths], split="train")
+    if suffixes == {".jsonl"}:
+        from rsa.jsonl import read_records
+
+        for path in paths:  # a bad line is named by file and line, not by a datasets traceback
+            try:
+                for _ in read_records(path):
+                    pass
+            except ValueError as exc:
+                raise ConfigError(f"dataset_files: {exc}") from None
+    try:
+        return load_dataset(builder, data_files=[str(p) for p in paths], split="train")
+    except Exception as exc:  # datasets wraps every parse failure in DatasetGenerationError
+        if type(exc).__name__ != "DatasetGenerationError":
+            raise
+        raise ConfigError(
+            f"dataset_files {list(paths)}: cannot read them as {builder} ({exc.__cause__ or exc})"
+        ) from None
 
 
 def _normalize(dataset, source: str):
@@ -550,6 +566,34 @@ def resume_checkpoint(training_args: GRPOConfig, auto_resume: bool = True) -> st
     return last
 
 
+def _trained_step(folder: str | Path) -> tuple[int, float] | None:
+    """(global_step, epoch) recorded in a folder's trainer_state.json, None when it holds none."""
+    try:
+        state = json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state["global_step"]), float(state.get("epoch") or 0.0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished_step(training_args: GRPOConfig, checkpoint: str | None, auto_resume: bool = True) -> int | None:
+    """The step a training already finished at (None when there is training left): the state it would resume
+    from (`checkpoint`, or with auto_resume the final trainer_state.json in output_dir) has reached max_steps,
+    or num_train_epochs when max_steps is unset. Running again with a larger max_steps trains further."""
+    folders = [checkpoint] if checkpoint else []
+    if auto_resume and not training_args.resume_from_checkpoint:
+        folders.append(training_args.output_dir)
+    for folder in folders:
+        trained = _trained_step(folder)
+        if trained is None:
+            continue
+        step, epoch = trained
+        if training_args.max_steps > 0 and step >= training_args.max_steps:
+            return step
+        if training_args.max_steps <= 0 and epoch >= training_args.num_train_epochs:
+            return step
+    return None
+
+
 # ----- completion log ----------------------------------------------------------------------------------------
 class RewardError(RuntimeError):
     """A reward function raised on some process; raised on every process at once, naming the process."""
@@ -576,6 +620,31 @@ class CompletionLogger:
         self._values: dict[str, list] = {}
         self._error: str | None = None
         self._seen: set[str] = set()
+
+    def forget_from(self, checkpoint: str | Path) -> None:
+        """Drop the logged rows of steps at or after `checkpoint`'s global step: resuming from it generates
+        those steps again, and each step must be logged once."""
+        trained = _trained_step(checkpoint)
+        if trained is None or not self.path.is_file():
+            return
+
+        def later(line: str) -> bool:
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                return False  # not a row of ours: keep it
+            return isinstance(step, int) and step >= trained[0]
+
+        with self.path.open(encoding="utf-8") as fh:
+            dropped = sum(later(line) for line in fh)
+        if not dropped:
+            return
+        with self.path.open(encoding="utf-8") as fh, open_atomic(self.path) as out:
+            for line in fh:
+                if not later(line):
+                    out.write(line if line.endswith("\n") else line + "\n")
+        logger.info("%s: dropped %d rows of steps >= %d (generated again after the resume)", self.path, dropped,
+                    trained[0])  # fmt: skip
 
     def wrap(self, reward_funcs: Sequence[Callable]) -> list[Callable]:
         """Recording wrappers around `reward_funcs`, in order."""

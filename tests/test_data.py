@@ -89,11 +89,17 @@ def test_reasoning_gym_spec_mixes_tasks_deterministically():
         ({"question": "q", "answer": "1", "task": "rg", "dataset_name": "nope", "entry": {}}, "line 2: field 'dataset_name'"),
         ({"prompt": [{"role": "system", "content": "x"}], "answer": "1"}, "line 2: field 'prompt'"),
         ({"question": "q", "answer": "1", "task": "chess"}, "unknown task"),
+        ({"question": "q", "answer": float("nan")}, r"line 2: field 'answer' is nan \(JSON NaN/Infinity\)"),
+        ({"question": "q", "answer": float("inf")}, "line 2: field 'answer' is inf"),
+        ({"question": "q", "answer": float("-inf")}, "line 2: field 'answer' is -inf"),
+        ({"question": "  \n", "answer": "1"}, "line 2: the question is empty"),
+        ({"prompt": [{"role": "user", "content": ""}], "answer": "1"}, "line 2: the question is empty"),
+        ({"question": "q", "answer": "1", "id": "ok-1"}, "line 2: duplicate problem id 'ok-1' .first at .*line 1"),
     ],
 )  # fmt: skip
 def test_malformed_rows_name_file_row_and_field(tmp_path, row, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"question": "ok", "answer": "1"}) + "\n" + json.dumps(row) + "\n")
+    path.write_text(json.dumps({"question": "ok", "answer": "1", "id": "ok-1"}) + "\n" + json.dumps(row) + "\n")
     with pytest.raises(ValueError, match=message) as info:
         load_problems(str(path))
     assert str(path) in str(info.value)
@@ -105,6 +111,21 @@ def test_malformed_parquet_row_is_named(tmp_path):
     path = write_parquet(tmp_path / "b.parquet", rows)
     with pytest.raises(ValueError, match=r"b\.parquet: row 2: field 'entry'"):
         load_problems(str(path))
+
+
+def test_nan_answers_and_duplicate_ids_in_parquet_and_dataset_rows_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rsa.data import load_rows
+
+    path = tmp_path / "floats.parquet"
+    pq.write_table(pa.table({"question": ["a", "b"], "answer": [1.5, float("nan")]}), path)
+    with pytest.raises(ValueError, match=r"floats\.parquet: row 2: field 'answer' is nan"):
+        load_problems(str(path))
+    rows = [{"question": "a", "answer": "1", "id": "p1"}, {"question": "b", "answer": "2", "id": "p1"}]
+    with pytest.raises(ValueError, match="hf:x: row 2: duplicate problem id 'p1' .first at hf:x: row 1"):
+        load_rows(rows, "hf:x")
 
 
 def test_bad_specs(tmp_path):

@@ -41,3 +41,43 @@ def test_the_repository_recipe_is_the_packaged_one():
         assert packaged.resolve() == (ROOT / "rsa" / "resources" / "recipes" / "toy_grpo.yaml").resolve()
         assert (ROOT / "configs" / "recipes" / "toy_grpo.yaml").resolve() == packaged.resolve()
         assert "num_generations:" in packaged.read_text()
+
+
+def _bad_inputs(tmp_path: Path, model_dir: str) -> dict[str, tuple[list[str], str]]:
+    """Recipes with one bad input each, and the line the training entry must print for it."""
+    base = f"model_name_or_path: {model_dir}\noutput_dir: {tmp_path / 'out'}\nuse_cpu: true\nnum_generations: 2\n"
+    (tmp_path / "corrupt.jsonl").write_text('{"prompt": "a", "task": "math", "answer": "1"}\n{"prompt": "b"\n')
+    recipes = {
+        "unknown_key": (base + "problems: rg:basic_arithmetic\nno_such_key: 1\n", "Unknown arguments.*no_such_key"),
+        "unknown_task": (base + "problems: rg:no_such_task\n", r"unknown Reasoning Gym task\(s\) \['no_such_task'\]"),
+        "corrupt_jsonl": (
+            base + f"dataset_files: [{tmp_path / 'corrupt.jsonl'}]\n",
+            "corrupt.jsonl: line 2: invalid JSON",
+        ),
+    }
+    out = {}
+    for name, (text, message) in recipes.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        out[name] = (["--config", str(tmp_path / f"{name}.yaml")], message)
+    return out
+
+
+def test_the_training_entry_reports_bad_input_in_one_line(tmp_path, tiny_model_dir, capsys):
+    import re
+
+    for name, (argv, message) in _bad_inputs(tmp_path, tiny_model_dir).items():
+        assert rsa.train.cli(argv, prog="grpo_agg") == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("grpo_agg: ") and re.search(message, err[0]), (name, err)
+
+
+def test_accelerate_launch_of_grpo_agg_prints_no_traceback_for_bad_input(tmp_path, tiny_model_dir):
+    argv, message = _bad_inputs(tmp_path, tiny_model_dir)["corrupt_jsonl"]
+    # --quiet: accelerate's own launcher then adds no stack trace of its own for the failed child (it exits 1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu", str(ROOT / "train" / "grpo_agg.py"),
+         *argv], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "grpo_agg: configuration error: " in proc.stderr and "corrupt.jsonl: line 2: invalid JSON" in proc.stderr

@@ -179,3 +179,17 @@ def test_eval_through_openai_engine_against_vllm_server(tmp_path, capsys, vllm_s
     assert all(m["tokens_generated"] > 0 for m in lines)
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "rsa_steps.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_question_longer_than_the_context_is_reported_before_the_engine_loads(tmp_path, capsys, no_engine,
+                                                                                 tiny_model_dir):  # fmt: skip
+    data = tmp_path / "long.jsonl"
+    rows = [{"question": "What is 1 + 1?", "answer": "2", "id": "short"},
+            {"question": "Add these numbers: " + " + ".join(["1"] * 3000), "answer": "3000", "id": "long"}]  # fmt: skip
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = base_argv(tiny_model_dir, tmp_path / "run")
+    argv[argv.index("--dataset") + 1] = str(data)
+    code, _, err = run_cli(argv, capsys)  # no_engine: building the engine first would fail the test
+    assert code == 2
+    assert "problem 'long': " in err and "the question is never truncated" in err
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,6 +109,74 @@ def test_create_refuses_existing_run(tmp_path):
     new_run(tmp_path / "run", problems(1))
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         new_run(tmp_path / "run", problems(1))
+
+
+# One writer per run folder: the script a competing process runs (create, or --resume's check), then waits
+WRITER = """
+import socket, sys, time
+from pathlib import Path
+from rsa.runs import RunDirectory, RunFolderError, build_manifest
+from rsa.tasks import Problem
+
+path, mode, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+items = [Problem(id="m0", task="math", question="What is 0 + 1?", answer="1")]
+manifest = build_manifest({"population": 4}, model="m", engine="fake", revision="r", problems=items, seed=1)
+while not go.exists():  # start together
+    time.sleep(0.001)
+run_dir = RunDirectory(path)
+try:
+    run_dir.create(manifest, items) if mode == "create" else run_dir.check_resumable(manifest)
+    print("WROTE", flush=True)
+except RunFolderError as exc:
+    print("REFUSED", exc, flush=True)
+    sys.exit(3)
+time.sleep(float(sys.argv[4]))  # stay the writer a while
+"""
+
+
+def start_writer(path: Path, mode: str, go: Path, hold_s: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), mode, str(go), str(hold_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_two_processes_creating_one_run_folder_at_once_get_one_writer(tmp_path):
+    go = tmp_path / "go"
+    writers = [start_writer(tmp_path / "run", "create", go, 2.0) for _ in range(2)]
+    time.sleep(2.0)  # both interpreters up and polling
+    go.touch()
+    outputs = [w.communicate(timeout=60)[0] for w in writers]
+    codes = sorted(w.returncode for w in writers)
+    assert codes == [0, 3], outputs
+    refused = next(out for out in outputs if out.startswith("REFUSED"))
+    winner = next(w for w in writers if w.returncode == 0)
+    # the loser names the holder, or (when the winner had already finished) finds its run
+    assert f"pid {winner.pid} on host {socket.gethostname()}" in refused or "already holds a run" in refused
+    assert (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_a_second_resume_is_refused_naming_the_holder_and_a_killed_holder_frees_the_folder(tmp_path):
+    run_path = tmp_path / "run"
+    go = tmp_path / "go"
+    go.touch()
+    assert start_writer(run_path, "create", go, 0.0).wait(timeout=60) == 0
+    holder = start_writer(run_path, "resume", go, 60.0)
+    try:
+        assert holder.stdout.readline().startswith("WROTE")
+        second = RunDirectory(run_path)
+        with pytest.raises(FileExistsError, match=f"in use by another writer \\(pid {holder.pid} on host "):
+            second.check_resumable(RunDirectory(run_path).manifest)
+        holder.send_signal(signal.SIGKILL)  # a killed writer leaves no stuck lock
+        holder.wait(timeout=30)
+        second.check_resumable(second.manifest)
+        assert f"pid {os.getpid()} " in (run_path / ".lock").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ----- manifest and resume checks -----------------------------------------------------------------------------
@@ -215,3 +284,21 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     assert main([*eval_argv(tiny_model_dir, killed), "--resume"]) == 0
     assert main(eval_argv(tiny_model_dir, tmp_path / "whole")) == 0
     assert records(killed) == records(tmp_path / "whole")
+
+
+def test_rsa_eval_resume_is_refused_while_another_writer_runs_there(tmp_path, tiny_model_dir, no_engine, capsys):
+    from rsa.cli import main
+
+    run_path, go = tmp_path / "run", tmp_path / "go"
+    go.touch()
+    holder = start_writer(run_path, "create", go, 60.0)  # holds the run folder as `rsa eval` would
+    try:
+        assert holder.stdout.readline().startswith("WROTE")
+        argv = ["eval", "--engine", "hf", "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--limit",
+                "2", "-N", "2", "-K", "2", "-T", "2", "--max-new-tokens", "8", "--out", str(run_path), "--resume"]  # fmt: skip
+        assert main(argv) == 2  # refused before any engine is built (no_engine)
+        err = capsys.readouterr().err
+        assert f"is in use by another writer (pid {holder.pid} on host {socket.gethostname()})" in err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -351,17 +353,23 @@ def test_no_network(isolated):
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
+    assert_cannot_connect(isolated, server, f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=0.5)\n")
+
+
+def assert_cannot_connect(sb: Sandbox, server: socket.socket, connect: str) -> None:
+    """A program whose `connect` lines connect `s` to the listening `server` and send data must fail to, and the
+    server must see no connection."""
     program = (
         "import socket\n"
         "try:\n"
-        f"    s = socket.create_connection(('127.0.0.1', {port}), timeout=0.5)\n"
+        f"{connect}"
         "    s.sendall(b'exfiltrated')\n"
         "    print('WIN')\n"
         "except OSError as exc:\n"
         "    print('blocked', exc)\n"
     )
     try:
-        result, elapsed = run_timed(isolated, program)
+        result, elapsed = run_timed(sb, program)
         server.settimeout(0.2)
         with pytest.raises(TimeoutError):
             server.accept()
@@ -370,6 +378,54 @@ def test_no_network(isolated):
     assert result.statuses() == ["ok"] and result.passed == 0
     assert result.outcomes[0].output_head.startswith("blocked")
     assert elapsed < TIMEOUT_S + MARGIN_S
+
+
+@pytest.fixture
+def world_writable_host_dir():
+    """A fresh world-writable directory in the host's /var/tmp (a place a stranger uid can reach on most hosts)."""
+    path = tempfile.mkdtemp(prefix="rsa-sandbox-test-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+    os.chmod(path, 0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_host_unix_sockets_are_unreachable(isolated, world_writable_host_dir):
+    # a listening socket that any uid may connect to, as a loose system-bus or container-runtime socket would be
+    path = os.path.join(world_writable_host_dir, "host.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o777)
+    server.listen(1)
+    connect = f"    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n    s.connect({path!r})\n"
+    assert_cannot_connect(isolated, server, connect)
+
+
+def test_only_system_paths_and_the_interpreter_are_visible(isolated, world_writable_host_dir):
+    # a world-readable file in a world-readable host directory (where users keep test data) stays out of sight
+    secret = f"SECRET-{secrets.token_hex(8)}"
+    data = os.path.join(world_writable_host_dir, "tests.jsonl")
+    with open(data, "w") as f:
+        f.write(secret + "\n")
+    os.chmod(data, 0o644)
+    program = (
+        "import json, os\n"
+        "found = []\n"
+        f"for path in [{data!r}, '/var/tmp', '/home', '/run', '/etc/hostname']:\n"
+        "    try:\n"
+        "        found.append(open(path).read() if os.path.isfile(path) else os.listdir(path))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(json.dumps({'root': os.listdir('/'), 'found': found}))\n"
+    )
+    result, _ = run_timed(isolated, program)
+    assert result.statuses() == ["ok"]
+    seen = json.loads(result.outcomes[0].output_head)
+    assert seen["found"] == []
+    system = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "tmp"}
+    interpreter = {p.strip("/").split("/")[0] for p in (sys.prefix, sys.base_prefix, os.path.realpath(sys.executable))}
+    assert set(seen["root"]) <= system | interpreter
 
 
 def test_cannot_signal_or_kill_the_parent(isolated):

@@ -187,6 +187,29 @@ def test_async_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     assert records(killed) == records(tmp_path / "whole")
 
 
+def test_a_full_disk_names_the_file_and_says_resume(tmp_path):
+    """`rsa eval` on a real, tiny file system (a 64 KiB tmpfs that bubblewrap mounts for the run): the write that
+    fills it fails, and the message names that file and says how to continue."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("needs bubblewrap to mount a small file system (apt-get install -y bubblewrap)")
+    small = tmp_path / "small"
+    small.mkdir()
+    out = small / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    with FaultServer(content_fn=lambda body: "x " * 2000 + answer(body)) as server:  # 4 KB completions
+        command = ["bwrap", "--dev-bind", "/", "/", "--size", str(64 << 10), "--tmpfs", str(small),
+                   sys.executable, "-m", "rsa.cli", *eval_argv(server.url, out)]  # fmt: skip
+        proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "bwrap:" in proc.stderr:
+        pytest.skip(f"bubblewrap cannot mount a tmpfs here: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"no space left on the device while writing {out}/" in proc.stderr
+    assert f"run the same command with --resume to continue the run in {out}" in proc.stderr
+
+
 # ----- failed requests ------------------------------------------------------------------------------------------
 def test_one_failing_prompt_does_not_stop_the_run_and_resume_fills_it_in(tmp_path, capsys):
     from rsa.cli import main
@@ -216,6 +239,35 @@ def test_one_failing_prompt_does_not_stop_the_run_and_resume_fills_it_in(tmp_pat
         assert len(s.requests) - before == 4 * 4  # only problem 1's members ran again
         assert main(eval_argv(s.url, tmp_path / "clean")) == 0
     assert records(out) == records(tmp_path / "clean")
+
+
+def test_a_poisoned_problem_left_alone_at_the_end_is_not_an_engine_outage(tmp_path):
+    """Problem 0's requests are slow and always fail; the others finish first, so the last steps hold only its
+    failures in a row. That is one problem's fault: the run completes, every step committed."""
+    items = problems(3)
+    config = LoopConfig(population=2, k=2, steps=4, max_new_tokens=32)  # breaker limit: all 6 requests of step 1
+    poisoned = "What is 0 + 1?"
+    with FaultServer(
+        content_fn=answer,
+        delay_fn=lambda body: 0.8 if poisoned in body["messages"][-1]["content"] else 0.01,
+        fail_when=lambda body: poisoned in body["messages"][-1]["content"],
+    ) as server:
+        run_dir = new_run(tmp_path / "run", items)
+        summaries = run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+    assert [s["failed_requests"] for s in summaries] == [2, 2, 2, 2]
+    assert (run_dir.path / "final.json").exists()
+
+
+def test_failures_across_problems_still_stop_the_run_as_an_outage(tmp_path):
+    from rsa.engines.base import EngineError
+
+    items = problems(3)
+    config = LoopConfig(population=2, k=2, steps=4, max_new_tokens=32)
+    with FaultServer(content_fn=answer, fail_when=lambda body: True) as server:
+        run_dir = new_run(tmp_path / "run", items)
+        with pytest.raises(EngineError, match="requests of 3 problem.s. failed in a row.*the engine looks down"):
+            run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+    assert not run_dir.completed_steps()
 
 
 def test_resume_retries_only_the_failed_member_and_what_was_built_on_it(tmp_path):

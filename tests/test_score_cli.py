@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+import pytest
 
 from rsa.cli import main
 from rsa.data import generate_reasoning_gym
@@ -95,3 +102,64 @@ def test_score_rejects_a_list_valued_answer_with_its_line(tmp_path, capsys):
     assert main(["score", "--input", str(src), "--output", str(dst)]) == 1
     assert "in.jsonl: line 1: field 'answer' must be text or a number, got list" in capsys.readouterr().err
     assert [json.loads(line)["score"] for line in dst.read_text().splitlines()] == [1.0]
+
+
+def test_a_graded_program_cannot_read_the_graders_input(capsys):
+    """A hostile program searches the world-readable input file of `rsa score` for its own test and prints the
+    expected output it finds there; the sandbox must not show it that file (nor its folder)."""
+    from rsa.sandbox import default_sandbox
+
+    if default_sandbox().mode != "bwrap":
+        pytest.skip("needs bubblewrap isolation (apt-get update && apt-get install -y bubblewrap)")
+    marker = f"MARK-{secrets.token_hex(6)}"
+    folder = tempfile.mkdtemp(prefix="rsa-score-test-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+    try:
+        os.chmod(folder, 0o755)  # world-readable, as a user's data folder usually is
+        src, dst = Path(folder) / "in.jsonl", Path(folder) / "graded.jsonl"
+        cheat = (
+            "import json, os, sys\n"
+            "marker = sys.stdin.read().strip()\n"
+            f"for folder in [{folder!r}, os.getcwd(), '/var/tmp']:\n"
+            "    for root, _, names in os.walk(folder):\n"
+            "        for name in names:\n"
+            "            try:\n"
+            "                lines = open(os.path.join(root, name)).read().splitlines()\n"
+            "            except OSError:\n"
+            "                continue\n"
+            "            for line in lines:\n"
+            "                if marker in line:\n"
+            "                    tests = json.loads(line)['tests']\n"
+            "                    print(tests['outputs'][tests['inputs'].index(marker + '\\n')])\n"
+            "                    sys.exit(0)\n"
+            "print('not found')\n"
+        )
+        record = {
+            "task": "code",
+            "completion": f"```python\n{cheat}```\n",
+            "tests": {"inputs": [marker + "\n"], "outputs": ["expected-output-only-the-grader-knows\n"]},
+        }
+        write_lines(src, [record])
+        os.chmod(src, 0o644)
+        assert main(["score", "--input", str(src), "--output", str(dst)]) == 0
+        assert [json.loads(line)["score"] for line in dst.read_text().splitlines()] == [0.0]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_score_refuses_nan_answers_and_never_writes_bare_nan(tmp_path, capsys):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "graded.jsonl"
+    src.write_text(
+        '{"task": "math", "completion": "\\\\boxed{nan}", "answer": NaN}\n'
+        '{"task": "math", "completion": "\\\\boxed{1}", "answer": "1", "temperature": Infinity}\n'
+        '{"task": "math", "completion": "\\\\boxed{2}", "answer": "2"}\n'
+    )
+    assert main(["score", "--input", str(src), "--output", str(dst)]) == 1
+
+    def refuse(token):
+        raise AssertionError(f"bare {token} written")
+
+    out = [json.loads(line, parse_constant=refuse) for line in dst.read_text().splitlines()]
+    assert [r["score"] for r in out] == [1.0]
+    err = capsys.readouterr().err
+    assert "in.jsonl: line 1: field 'answer' is nan" in err
+    assert "in.jsonl: line 2: holds NaN or Infinity, which JSON does not allow" in err

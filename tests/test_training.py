@@ -293,6 +293,34 @@ def test_resume_continues_the_step_count(trained, tiny_model_dir, rows_file, tmp
     assert len(lines) == 12 and {x["step"] for x in lines[8:]} == {2}
 
 
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_finished_training_stays_finished(trained, tiny_model_dir, rows_file, tmp_path):
+    out = tmp_path / "finished"
+    shutil.copytree(trained, out)
+    finished = _files(out)
+    grpo_agg = _load_script()
+    # the command that trained it (max_steps 2), run again: nothing to do
+    grpo_agg.main(*parse(smoke_argv(tiny_model_dir, out, "--dataset_files", rows_file, "--max_steps", "2")))
+    assert _files(out) == finished  # no new step, checkpoint, event file or log line; the saved model untouched
+
+
+@pytest.mark.slow
+def test_a_resumed_training_logs_each_step_once(trained, tiny_model_dir, rows_file, tmp_path):
+    out = tmp_path / "resumed-twice"
+    shutil.copytree(trained, out)
+    grpo_agg = _load_script()
+    argv = smoke_argv(tiny_model_dir, out, "--dataset_files", rows_file, "--max_steps", "3")
+    grpo_agg.main(*parse(argv))  # trains (and logs) step 2
+    # resumed from checkpoint-2 again (as after a kill before the next checkpoint): step 2 is generated again
+    grpo_agg.main(*parse([*argv, "--resume_from_checkpoint", out / "checkpoint-2"]))
+    steps = [json.loads(x)["step"] for x in (out / "completions.jsonl").read_text().splitlines()]
+    assert steps == [0] * 4 + [1] * 4 + [2] * 4
+
+
 @pytest.mark.slow
 def test_trained_checkpoint_loads_in_rsa_eval_and_publishes(trained, tmp_path):
     from rsa.cli import main

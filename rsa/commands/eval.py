@@ -38,12 +38,23 @@ def run(config) -> int:
     """Validate everything, build the engine, run the evaluation, print the per-step table."""
     from rsa.engines.base import EngineError
     from rsa.evaluate import execute_eval, prepare_eval
+    from rsa.runs import DISK_FULL
 
-    plan = prepare_eval(config)
-    was_complete = plan.complete
     try:
+        plan = prepare_eval(config)
+        was_complete = plan.complete
         summaries = execute_eval(plan)
-    except (ImportError, OSError) as exc:  # engine package missing (says what to install), unloadable model
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # the run folder keeps everything committed before the write that failed
+            print(
+                f"rsa eval: error: no space left on the device while writing {exc.filename or config.out}; free some "
+                f"space, then run the same command with --resume to continue the run in {config.out}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"rsa eval: error: {exc}", file=sys.stderr)  # an unloadable model, a missing file
+        return 2
+    except ImportError as exc:  # engine package missing (says what to install)
         print(f"rsa eval: error: {exc}", file=sys.stderr)
         return 2
     except EngineError as exc:

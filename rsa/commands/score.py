@@ -53,10 +53,13 @@ def _same_file(a: Path, b: Path) -> bool:
 def score_file(input_path: Path, output_path: Path) -> tuple[int, list[str]]:
     """Grade every line of `input_path` into `output_path` atomically; returns (graded count, errors).
 
-    Lines are split on `\\n` only and decoded one by one (`rsa.jsonl`), so bad lines are named by their
-    1-based line number and skipped. ValueError before any work when the output would overwrite the input.
+    Lines are read, graded and written one at a time (memory does not grow with the file), split on `\\n`
+    only and decoded one by one (`rsa.jsonl`), so bad lines are named by their 1-based line number and
+    skipped. The output goes to a temporary file renamed into place at the end. ValueError before any work
+    when the output would overwrite the input. Both files are kept out of sight of sandboxed programs.
     """
-    from rsa.runs import write_text_atomic
+    from rsa.runs import open_atomic
+    from rsa.sandbox import hide_from_programs
 
     if not input_path.exists():
         raise FileNotFoundError(f"input file {input_path} does not exist")
@@ -64,18 +67,27 @@ def score_file(input_path: Path, output_path: Path) -> tuple[int, list[str]]:
         raise ValueError(
             f"--output {output_path} is the input file; grading writes a new file, so choose another --output"
         )
+    # the input holds every problem's expected outputs and the output (and its temporary file) gains them too
+    hide_from_programs(input_path, output_path, input_path.parent, output_path.parent)
     errors: list[str] = []
-    graded: list[str] = []
-    records = list(read_records(input_path, errors))
-    for lineno, record in tqdm(records, desc="scoring", unit="line", disable=len(records) < 200):
-        try:
-            result = grade_line(record, f"{input_path}: line {lineno}")
-        except ValueError as exc:
-            errors.append(str(exc))
-            continue
-        graded.append(json.dumps(result, ensure_ascii=False) + "\n")
-    write_text_atomic(output_path, "".join(graded))
-    return len(graded), errors
+    graded = 0
+    with open_atomic(output_path) as out:
+        records = read_records(input_path, errors)
+        for lineno, record in tqdm(records, desc="scoring", unit="line", disable=None, mininterval=2.0):
+            where = f"{input_path}: line {lineno}"
+            try:
+                result = grade_line(record, where)
+                # JSON has no NaN or Infinity: refuse to write Python's bare tokens for them
+                line = json.dumps(result, ensure_ascii=False, allow_nan=False)
+            except ValueError as exc:
+                message = str(exc)
+                if "JSON compliant" in message:
+                    message = f"{where}: holds NaN or Infinity, which JSON does not allow; write the value as a string"
+                errors.append(message)
+                continue
+            out.write(line + "\n")
+            graded += 1
+    return graded, errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -10,13 +10,16 @@ Isolation modes (reported in `RunResult.mode`):
 
 * ``"bwrap"`` (default when bubblewrap works): the program runs as an unprivileged uid/gid with no
   supplementary groups and no capabilities, inside `bwrap --unshare-user --disable-userns --unshare-all
-  --ro-bind / / --dev /dev --remount-ro /dev --tmpfs /dev/shm --proc /proc --tmpfs /tmp --die-with-parent
-  --clearenv --new-session`: a read-only view of the host, a private size-limited /tmp and /dev/shm as its only
-  writable places (the working directory /tmp/work starts empty; both vanish with the sandbox; /dev itself is
-  read-only), its own PID/IPC/UTS/network namespaces (loopback
-  only), an empty environment and no way to create further user namespaces. /root, /home, the caller's
-  working directory and `hidden_paths` are covered by empty tmpfs mounts (the interpreter's own directories
-  are re-exposed read-only). As root, each concurrent sandbox gets its own unused uid (61000 + n, claimed
+  --dev /dev --remount-ro /dev --tmpfs /dev/shm --proc /proc --tmpfs /tmp --die-with-parent --clearenv
+  --new-session` on an empty, read-only root where only what a Python program needs is bound read-only: /usr
+  (with the /bin, /sbin, /lib* links), the dynamic loader's and time zone's /etc files, and the interpreter's
+  own directories (its prefix, the virtual environment and site-packages). The rest of the host (/home, /root,
+  /run, /var, the host /tmp, /etc, /sys, the caller's files, and the UNIX sockets in any of them) does not exist
+  there; the caller's working directory, `hidden_paths` and `hide_from_programs` paths are covered even where
+  they lie inside a shown directory. A private size-limited /tmp and /dev/shm are its only writable places
+  (the working directory /tmp/work starts empty; both vanish with the sandbox; /dev itself is read-only), its
+  own PID/IPC/UTS/network namespaces (loopback only), an empty environment and no way to create further user
+  namespaces. As root, each concurrent sandbox gets its own unused uid (61000 + n, claimed
   with a lock file so several processes never share one); an outer root bwrap builds that view, then
   `setpriv` drops to the uid before the inner, unprivileged bwrap starts. As a normal user the program runs
   under the caller's own uid (it cannot switch), in a single unprivileged bwrap with the same flags.
@@ -33,18 +36,20 @@ spec, inputs) is removed when the run ends; folders left by a grader killed with
 `Sandbox` starts (`clean_leftovers`: only folders whose owning process is dead, never a live grader's).
 
 What it protects against (bwrap mode): infinite loops, fork bombs, memory bombs, huge outputs, writes to
-the host file system, reading the parent's environment (tokens, keys), network access, signalling or
+the host file system, reading host files outside the system and interpreter directories (the grader's data
+included), connecting to host UNIX sockets, reading the parent's environment (tokens, keys), network access, signalling or
 ptracing the parent or any host process, host processes left behind, and tampering with the grading:
 `sys.exit(0)` before the tests, closing stdout, monkeypatching the in-sandbox harness, forging result
 records or returning objects with a rigged `__eq__` can only change what the program reports as ITS OWN
 output, and that output is compared against expected outputs the program never sees.
 
 What it does NOT protect against: kernel exploits (it is a namespace sandbox, not a VM; no seccomp filter);
-reading host files that are world-readable and not hidden (keep test data out of world-readable places or
-list them in `hidden_paths`); CPU/memory contention with the host within the limits; memory used by the
+reading world-readable files inside the shown system and interpreter directories (do not keep test data
+there, or list it in `hidden_paths`); CPU/memory contention with the host within the limits; memory used by the
 private /tmp and /dev/shm (bounded by `tmpfs_mb` and `shm_mb`, not counted in RLIMIT_AS); timing side channels.
-In "rlimits" mode there is NO file-system, network or PID isolation: the program can read what its uid can read,
-open network connections and write to world-writable places such as the host /tmp and /dev/shm; run as the caller's uid
+In "rlimits" mode there is NO file-system, network or PID isolation: the program can read what its uid can read
+(world-readable test data and the grader's input included), connect to any UNIX socket its uid may use, open
+network connections and write to world-writable places such as the host /tmp and /dev/shm; run as the caller's uid
 (non-root fallback) it can also signal the caller. Use that mode only for trusted code.
 
 Layout: `runner` (host side: everything re-exported below), `harness` (the trusted script run inside the sandbox; stdlib
@@ -60,6 +65,7 @@ from rsa.sandbox.runner import (
     TestSuite,
     clean_leftovers,
     default_sandbox,
+    hide_from_programs,
     result_matches,
     stdout_matches,
 )
@@ -73,6 +79,7 @@ __all__ = [
     "TestSuite",
     "clean_leftovers",
     "default_sandbox",
+    "hide_from_programs",
     "result_matches",
     "stdout_matches",
 ]

@@ -46,23 +46,25 @@ STATUSES = ("ok", "timeout", "runtime_error", "memory_limit", "output_limit", "n
 _IN_SPEC = "/tmp/.rsa"
 _IN_WORK = "/tmp/work"
 _IN_IO = "/tmp/.io"
-# Never covered by `hidden_paths`: the system itself must stay visible.
-_SYSTEM_DIRS = (
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/etc",
-    "/dev",
-    "/proc",
-    "/sys",
-    "/tmp",
-    "/var",
-    "/run",
-)
+# The only host paths a sandboxed program sees, besides the interpreter's own directories: the system's programs
+# and libraries (merged-/usr symlinks are recreated as symlinks) and the /etc files the dynamic loader and the
+# time-zone code read. The rest of the host (/home, /root, /run, /var, /tmp, /mnt, /srv, /opt, /sys, /etc, the
+# caller's files) is absent, so neither its files nor its UNIX sockets can be reached.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_PATHS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+# Host paths every sandbox of this process keeps out of sight (the grader's own input and output), see hide_from_programs
+_PROCESS_HIDDEN: set[str] = set()
+_PROCESS_HIDDEN_LOCK = threading.Lock()
+
+
+def hide_from_programs(*paths: str | os.PathLike) -> None:
+    """Keep these host paths out of every later sandbox of this process (bwrap mode), e.g. a grader's input and
+    output files, even where they lie inside a directory the sandbox shows (the interpreter's, /usr)."""
+    with _PROCESS_HIDDEN_LOCK:
+        _PROCESS_HIDDEN.update(os.path.realpath(p) for p in paths)
 
 
 class SandboxError(RuntimeError):
@@ -294,7 +296,10 @@ def _interpreter_paths(python: str) -> list[str]:
     """Directories the interpreter needs to start and import installed packages."""
     paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *_site_dirs()]
     exe_dir = os.path.dirname(os.path.abspath(python))
-    paths += [exe_dir, os.path.dirname(os.path.realpath(python))]
+    real_dir = os.path.dirname(os.path.realpath(python))
+    paths += [exe_dir, real_dir]
+    if os.path.basename(real_dir) == "bin":  # <prefix>/bin/python: its standard library lives under <prefix>
+        paths.append(os.path.dirname(real_dir))
     out: list[str] = []
     for path in paths:
         for variant in (os.path.abspath(path), os.path.realpath(path)):
@@ -327,24 +332,45 @@ def _collapse(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def _view_args(hidden: Sequence[str], exposed: Sequence[str]) -> list[str]:
-    """bwrap arguments covering `hidden` with empty tmpfs and re-binding `exposed` paths lying beneath them."""
+def _view_args(exposed: Sequence[str], hidden: Sequence[str], features: Iterable[str] = ("--perms",)) -> list[str]:
+    """bwrap arguments building the sandbox's file system from an empty root: the system paths, the `exposed`
+    directories (read-only), then `hidden` paths lying inside any of them covered (a directory by an empty
+    tmpfs, a file by an empty file; a directory holding an exposed one stays)."""
     args: list[str] = []
-    hidden = _collapse(hidden)
-    for path in hidden:
-        args += ["--tmpfs", path]
-    made: set[str] = set(hidden)
+    bound: list[str] = []
+    for path in _SYSTEM_PATHS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+            bound.append(path)
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in _ETC_PATHS:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    made: set[str] = set()
     for path in _collapse(exposed):
-        root = next((h for h in hidden if _is_under(path, h) and path != h), None)
-        if root is None:
+        if any(_is_under(path, b) for b in bound):
             continue
-        current = root
-        for part in path[len(root) :].strip("/").split("/"):
-            current = f"{current}/{part}"
-            if current not in made:
-                args += ["--perms", "0755", "--dir", current]
-                made.add(current)
+        # bwrap would make the missing parents mode 0700, which the unprivileged uid could not traverse
+        parent = ""
+        for part in path.strip("/").split("/")[:-1]:
+            parent += "/" + part
+            if parent not in made:
+                args += ["--perms", "0755", "--dir", parent] if "--perms" in features else ["--dir", parent]
+                made.add(parent)
         args += ["--ro-bind", path, path]
+        bound.append(path)
+    for path in _collapse(hidden):
+        if not any(_is_under(path, b) and path != b for b in bound):
+            continue  # not visible anyway
+        if any(_is_under(e, path) for e in exposed):
+            continue  # hiding it would hide the interpreter (its files listed in `hidden` are still hidden)
+        if os.path.isdir(path):
+            args += ["--tmpfs", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
     return args
 
 
@@ -523,8 +549,9 @@ class Sandbox:
     """Runs programs against test suites in isolated, resource-limited processes; thread-safe.
 
     `mode`: "auto" (bwrap when it works, else a loud fallback to "rlimits"), "bwrap" (fail if unavailable) or
-    "rlimits". `max_workers` bounds concurrent sandboxes (default: CPU count). `hidden_paths` are covered with
-    empty directories inside the sandbox in addition to /root, /home and the current working directory.
+    "rlimits". `max_workers` bounds concurrent sandboxes (default: CPU count). Programs see only the system
+    paths and the interpreter's directories; `hidden_paths` (like the current working directory) are covered
+    by an empty directory or file where they lie inside those.
     """
 
     def __init__(
@@ -717,31 +744,24 @@ class Sandbox:
                     os.chown(os.path.join(root, name), slot.uid, slot.gid)
             os.chown(host_dir, slot.uid, slot.gid)
 
-    def _hidden_and_exposed(self, host_dir: str) -> tuple[list[str], list[str]]:
-        exposed = [*_interpreter_paths(self.python), host_dir]
-        hidden = [os.path.realpath(p) for p in ("/root", "/home", os.getcwd()) if os.path.isdir(p)]
-        hidden += [p for p in self.hidden_paths if os.path.exists(p)]
-        if os.geteuid() == 0:
-            hidden += [a for a in (_untraversable_ancestor(p) for p in exposed) if a]
-        hidden = [p for p in hidden if p != "/" and not any(_is_under(d, p) for d in _SYSTEM_DIRS)]
-        # hiding something inside a path we must expose would hide the interpreter itself
-        hidden = [p for p in hidden if not any(_is_under(p, e) for e in exposed)]
-        return hidden, exposed
+    def _view(self) -> list[str]:
+        """bwrap arguments for the file system a program sees: system paths and the interpreter, nothing else."""
+        exposed = [p for p in _interpreter_paths(self.python) if p != "/"]
+        with _PROCESS_HIDDEN_LOCK:
+            hidden = [os.getcwd(), *self.hidden_paths, *_PROCESS_HIDDEN]
+        return _view_args(exposed, hidden, self._features)
 
     def _bwrap_command(self, host_dir: str, slot: _Slot, limits: Limits) -> list[str]:
         sized = "--size" in self._features
         tmpfs_size = ["--size", str(int(limits.tmpfs_mb) << 20)] if sized else []
         # captured output lives on its own tmpfs, so a program filling /tmp cannot starve the capture
         io_size = ["--size", str(2 * int(limits.max_output_bytes) + (4 << 20))] if sized else []
-        hidden, exposed = self._hidden_and_exposed(host_dir)
-        view = _view_args(hidden, exposed)
         inner = [self._bwrap, "--unshare-all", "--unshare-user"]
         if "--disable-userns" in self._features:
             inner.append("--disable-userns")
-        inner += ["--as-pid-1", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]
-        if not slot.dedicated:
-            # Unprivileged caller: one bwrap, same uid; hide the caller's private directories in it.
-            inner += view
+        inner += ["--as-pid-1", "--die-with-parent", "--new-session"]
+        # Unprivileged caller: one bwrap, same uid, which builds the view itself; as root the outer bwrap built it
+        inner += self._view() if not slot.dedicated else ["--ro-bind", "/", "/"]
         # bwrap's /dev is a tmpfs of half the host RAM, writable (/dev/shm included) and outside RLIMIT_AS: make it
         # read-only, and give /dev/shm (POSIX shared memory, multiprocessing semaphores) its own capped tmpfs
         inner += ["--dev", "/dev", "--remount-ro", "/dev"]
@@ -758,17 +778,21 @@ class Sandbox:
                 inner += ["--ro-bind", os.path.realpath(path), os.path.realpath(path)]
         inner += ["--ro-bind", host_dir, _IN_SPEC, "--dir", _IN_WORK]
         inner += [*io_size, "--tmpfs", _IN_IO]
+        if not slot.dedicated:
+            inner += ["--remount-ro", "/"]  # the empty root bwrap built the view on stays unwritable
         inner += ["--chdir", _IN_WORK, "--hostname", "sandbox", "--clearenv"]
         for key, value in self._env(_IN_WORK).items():
             inner += ["--setenv", key, value]
         inner += ["--", self.python, "-I", "-S", f"{_IN_SPEC}/harness.py", _IN_SPEC]
         if not slot.dedicated:
             return inner
-        # Root: the outer bwrap builds the view (hiding root-only places and re-exposing the interpreter), then
-        # setpriv drops to the claimed uid with no groups and no capabilities before the inner bwrap starts.
+        # Root: the outer bwrap builds the view (system paths and the interpreter on an empty root, plus the run's
+        # folder and the host /proc the inner bwrap needs to set itself up), then setpriv drops to the claimed
+        # uid with no groups and no capabilities before the inner bwrap starts.
         cgroup = "--unshare-cgroup-try" if "--unshare-cgroup-try" in self._features else "--unshare-cgroup"
         outer = [self._bwrap, "--unshare-net", "--unshare-ipc", "--unshare-uts", cgroup, "--die-with-parent"]
-        outer += ["--new-session", "--ro-bind", "/", "/", "--bind", "/proc", "/proc", *view, "--clearenv", "--"]
+        outer += ["--new-session", *self._view(), "--bind", "/proc", "/proc", "--dev", "/dev", "--dir", "/tmp"]
+        outer += ["--ro-bind", host_dir, host_dir, "--remount-ro", "/", "--clearenv", "--"]
         drop = [self._setpriv, f"--reuid={slot.uid}", f"--regid={slot.gid}", "--clear-groups"]
         # Killing the outer bwrap does not take the inner one down (a parent-death signal cannot cross from the
         # capability-less root monitor to another uid), so `_stop` then kills every process of the claimed uid.
