@@ -42,9 +42,8 @@ VARIANTS: dict[str, dict] = {
 }
 #: name -> changes to the pick world's shipped PretrainConfig (rsa.toyworld.pipeline.PICK_PRETRAIN)
 PICK_VARIANTS: dict[str, dict] = {
-    "default (2400 steps, 70% agg)": {},
-    "1600 steps, 60% agg": {"steps": 1600, "aggregation_fraction": 0.6},
-    "always checks, 1600 steps": {"steps": 1600, "check_prob": 1.0},
+    "default (checks 0.75 of the time)": {},
+    "checks half the time": {"check_prob": 0.5},
 }
 
 
