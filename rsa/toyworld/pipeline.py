@@ -82,7 +82,8 @@ class ToyWorldConfig:
     def full(cls, world: str = DEFAULT_WORLD) -> ToyWorldConfig:
         """The README demo in `world` (`pick`, the default, or `add`; rsa.toyworld.worlds)."""
         if world == "pick":
-            return cls(pretrain=PICK_PRETRAIN)
+            # 200 GRPO steps in every arm: at 100 the aggregation-aware arms' lead was within noise (docs/TOYWORLD.md)
+            return cls(pretrain=PICK_PRETRAIN, grpo_steps=200)
         return cls(pretrain=PretrainConfig(world=world))
 
     @classmethod
