@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rsa.jsonl import read_records as read_jsonl_file
 from rsa.tasks import Problem, get_task
-from rsa.toyworld.worlds import World, world_of_task
+from rsa.toyworld.worlds import world_of_task
 
 GATE_FILE = "toy_gate.json"
 
@@ -42,11 +42,6 @@ class GateThresholds:
     min_plain: float = 0.05  # plain accuracy at least this
     coverage_gain: float = 0.15  # plain Pass@N >= plain accuracy + coverage_gain
     coverage_agg_margin: float = 0.1  # aggregation accuracy > random-copy accuracy + this
-
-
-def aggregation_record(world: World, problem: Problem, candidates: Sequence[str], output: str) -> dict:
-    """How one aggregation output relates to its candidates (see `World.aggregation_record`)."""
-    return world.aggregation_record(problem, candidates, output)
 
 
 def _generate(model, tokenizer, conversations, max_new_tokens: int, batch_size: int, seed: int) -> list[str]:
@@ -120,7 +115,7 @@ def measure_base(
         ]
     records = []
     for i, ((problem, candidates, target, agg_target), plain, agg) in enumerate(zip(rows, plain_out, agg_out)):
-        record = aggregation_record(world, problem, candidates, agg)
+        record = world.aggregation_record(problem, candidates, agg)
         extra = {"pass_at_n": coverage[i]} if coverage is not None else {}
         if record["checks"] is not None:
             extra["checking"] = float(record["checks"] > 0)
