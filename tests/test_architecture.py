@@ -123,6 +123,7 @@ def test_module_layering():
         ("def f():\n    from rsa.cli import main", "rsa.runs", "rsa.runs imports rsa.cli (the CLI layer)"),
         ("import torch", "rsa.metrics", "rsa.metrics imports torch at module level"),
         ("import rsa.tasks", "rsa.types", "rsa.types imports rsa.tasks"),
+        ("from rsa.loop import RSALoop", "rsa.sandbox.isolation", "rsa.sandbox.isolation imports rsa.loop"),
     ],
 )
 def test_layering_rules_catch_violations(source, module, expected):
@@ -133,3 +134,11 @@ def test_layering_rules_catch_violations(source, module, expected):
 def test_type_checking_imports_do_not_count():
     source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from rsa.loop import Member\n"
     assert layering_violations({"rsa.fitting": _imports(ast.parse(source))}) == []
+
+
+def test_every_sandbox_module_is_under_the_sandbox_rule_and_the_harness_imports_nothing_from_rsa():
+    sandbox = sorted(m for m in MODULES if _matches(m, "rsa.sandbox"))
+    assert {"rsa.sandbox.isolation", "rsa.sandbox.grading", "rsa.sandbox.cleanup", "rsa.sandbox.runner"} <= set(sandbox)
+    # the harness runs inside bubblewrap as `python -I -S harness.py`, where no `rsa` exists (docs/SANDBOX.md)
+    everywhere, _ = MODULES["rsa.sandbox.harness"]
+    assert everywhere and not [n for n in everywhere if _matches(n, "rsa")], everywhere
