@@ -18,7 +18,7 @@ from rsa.cotrain import (
     coverage_contributions,
     half_relative_rewards,
 )
-from rsa.training import ConfigError, read_completions
+from rsa.grpo_setup import ConfigError, read_completions
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -134,8 +134,8 @@ def check_aggregation_rows(lines: list[dict]) -> None:
 
 def check_trained_rewards(lines: list[dict]) -> None:
     """The logged (trained) rewards are the half-relative transform of the raw rewards of the logged completions."""
+    from rsa.grpo_setup import reward_length_shaping
     from rsa.rewards import reward_task
-    from rsa.training import reward_length_shaping
 
     for group in _groups(lines):
         completions = [row["completion"] for row in group]
@@ -185,7 +185,7 @@ def test_every_batch_makes_two_generation_calls_even_without_a_co_trained_group(
     from trl import GRPOConfig, GRPOTrainer
 
     from rsa.cotrain import cotrained_reward
-    from rsa.training import reward_length_shaping
+    from rsa.grpo_setup import reward_length_shaping
 
     rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "task": "math", "answer": str(2 * i)}
             for i in range(8)]  # fmt: skip

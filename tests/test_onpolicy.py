@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from rsa.grpo_setup import ConfigError
 from rsa.onpolicy import OnPolicyAggregation, parse_k
-from rsa.training import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -22,7 +22,7 @@ SCRIPT = REPO / "train" / "grpo_agg.py"
 def _parse(argv):
     from trl import ModelConfig, TrlParser
 
-    from rsa.training import GRPOAggConfig, GRPOAggScriptArguments
+    from rsa.grpo_setup import GRPOAggConfig, GRPOAggScriptArguments
 
     return TrlParser((GRPOAggScriptArguments, GRPOAggConfig, ModelConfig)).parse_args_and_config([str(a) for a in argv])
 
@@ -55,7 +55,7 @@ def test_on_policy_rollouts_train_on_aggregation_prompts_of_the_current_policy(t
     argv = ["--config", SMOKE, "--model_name_or_path", tiny_model_dir, "--output_dir", out, "--max_steps", "2",
             "--on_policy_aggregation", "1.0", "--on_policy_k", "2", "--save_strategy", "no"]  # fmt: skip
     grpo_agg.main(*_parse(argv))
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     assert len(lines) == 2 * 4 and {x["kind"] for x in lines} == {"aggregate"}
@@ -143,7 +143,7 @@ def test_on_policy_zero3_two_processes_with_a_step_where_one_process_has_no_grou
     for rank in (0, 1):
         assert (tmp_path / f"gathers.{rank}").read_text().split() == ["1"] * 4, rank
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     kinds: dict[tuple[int, int], set] = {}
@@ -175,7 +175,7 @@ def test_on_policy_vllm_colocate_two_processes_fits_prompts_to_the_engine_length
     assert state["global_step"] == 4
     logs = [h for h in state["log_history"] if "loss" in h]
     assert sum(h["onpolicy/truncated_candidates"] for h in logs) > 0
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     kinds: dict[tuple[int, int], set] = {}

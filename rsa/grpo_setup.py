@@ -1,7 +1,9 @@
-"""Aggregation-aware GRPO training: configs, dataset loading, validation, completion logging, provenance.
+"""The parts an aggregation-aware GRPO run is set up from: configs, dataset loading, validation, rewards, resume,
+completion logging, provenance.
 
-The library side of `train/grpo_agg.py` (which stays a thin TRL entry). Everything here that can go wrong
-with a recipe is checked before a model is loaded, and every error says which setting to change:
+The training entry that assembles them is `rsa.train.main` (run by `python -m rsa.train`, `rsa train` and the thin
+`train/grpo_agg.py`); this module only provides the parts. Everything here that can go wrong with a recipe is
+checked before a model is loaded, and every error says which setting to change:
 
 - `GRPOAggScriptArguments`: where the training rows come from, which rewards, logging and resume options.
 - `GRPOAggConfig`: TRL's `GRPOConfig` plus a generation-batch check whose error names the fix.
