@@ -48,8 +48,8 @@ class Request(Protocol):
     seed: int
 
 
-class Member(Protocol):
-    """What resume bookkeeping needs of a member (`rsa.loop.Member`)."""
+class StoredMember(Protocol):
+    """What the drivers and resume bookkeeping need of a member (`rsa.loop.Member`)."""
 
     parents: tuple[int, ...]
     num_tokens: int
@@ -68,7 +68,7 @@ class Algorithm(Protocol):
         self, step: int, problem_index: int, slot: int, parents: tuple[int, ...], previous: Sequence | None
     ) -> Request: ...
 
-    def member(self, request: Request, outcome: Outcome) -> Member: ...
+    def member(self, request: Request, outcome: Outcome) -> StoredMember: ...
 
 
 class ProgressHook(Protocol):
@@ -212,14 +212,14 @@ class PriorityGate:
 
 # ----- resume bookkeeping -------------------------------------------------------------------------------------
 def reusable_members(
-    stored: Sequence[Member] | None, sets: Sequence[tuple[int, ...]], changed: Collection[int]
-) -> list[Member | None]:
+    stored: Sequence[StoredMember] | None, sets: Sequence[tuple[int, ...]], changed: Collection[int]
+) -> list[StoredMember | None]:
     """Per slot, the stored member that still holds (None where the slot must be generated).
 
     A stored member holds unless it failed, its parents differ, or one of its parents is in `changed` (the
     previous step's slots regenerated successfully in this run, so its prompt would differ).
     """
-    kept: list[Member | None] = [None] * len(sets)
+    kept: list[StoredMember | None] = [None] * len(sets)
     for slot, parents in enumerate(sets):
         old = stored[slot] if stored is not None and slot < len(stored) else None
         if old is not None and not old.failed and old.parents == parents and not set(parents) & set(changed):
@@ -237,8 +237,8 @@ class Groups:
     def __init__(
         self,
         algorithm: Algorithm,
-        previous: Sequence[Sequence[Member] | None],
-        stored: dict[tuple[int, int], Sequence[Member]],
+        previous: Sequence[Sequence[StoredMember] | None],
+        stored: dict[tuple[int, int], Sequence[StoredMember]],
         report: Report,
     ) -> None:
         self.algorithm = algorithm
@@ -247,7 +247,7 @@ class Groups:
         self.report = report
         self.changed: list[set[int]] = [set() for _ in self.previous]
 
-    def plan(self, step: int, problem_index: int) -> tuple[list[Member | None], list[Request]]:
+    def plan(self, step: int, problem_index: int) -> tuple[list[StoredMember | None], list[Request]]:
         """The group's reusable members (None where missing) and the requests that must run."""
         population = self.previous[problem_index]
         sets = self.algorithm.aggregation_sets(step, problem_index, population)
@@ -263,7 +263,7 @@ class Groups:
         self,
         step: int,
         problem_index: int,
-        members: list[Member | None],
+        members: list[StoredMember | None],
         todo: Sequence[Request],
         outcomes: Sequence[Outcome],
         started: float,
