@@ -99,9 +99,14 @@ class LoopConfig:
         if self.spec.parents == "drawn":
             pool = min(self.generations_at(t) for t in range(1, max(2, self.num_steps)))
             if self.k > pool:
+                drawn_from = (
+                    f"the population N={pool}"
+                    if pool == self.population
+                    else f"{self.method}'s candidate pool of {pool}"
+                )
                 raise ValueError(
-                    f"K={self.k} is larger than the {pool} members an aggregation set of method {self.method} draws "
-                    f"from (N={self.population}, T={self.steps}): a set draws K distinct members, so use K <= {pool}"
+                    f"K={self.k} is larger than {drawn_from}: an aggregation set draws K distinct members, "
+                    f"so use K <= {pool}"
                 )
         if self.final not in FINAL_RULES:
             raise ValueError(f"unknown final-answer rule {self.final!r}; choose one of {', '.join(FINAL_RULES)}")

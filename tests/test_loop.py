@@ -149,7 +149,7 @@ def test_single_aggregation_baseline_is_budget_matched(fake_engine):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="K=5 is larger than the 4 members"):
+    with pytest.raises(ValueError, match="K=5 is larger than the population N=4"):
         LoopConfig(population=4, k=5)
     with pytest.raises(ValueError, match="steps T must be >= 1"):
         LoopConfig(steps=0)
