@@ -156,10 +156,10 @@ class GRPOAggScriptArguments(ScriptArguments):
         if not 0.0 <= self.on_policy_aggregation <= 1.0:
             raise ConfigError(f"on_policy_aggregation must be in [0, 1], got {self.on_policy_aggregation}")
         if self.on_policy_aggregation:
-            from rsa.onpolicy import parse_k
+            from rsa.seeds import KRange
 
             try:
-                parse_k(self.on_policy_k)
+                KRange.parse(self.on_policy_k, minimum=2, option="on_policy_k")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if not 0.0 <= self.cotrained_aggregation <= 1.0:
@@ -167,10 +167,10 @@ class GRPOAggScriptArguments(ScriptArguments):
         if self.cotrained_aggregation and self.on_policy_aggregation:
             raise ConfigError("on_policy_aggregation and cotrained_aggregation are exclusive; set one of them to 0")
         if self.cotrained_aggregation:
-            from rsa.onpolicy import parse_k
+            from rsa.seeds import KRange
 
             try:
-                parse_k(self.cotrained_k, "cotrained_k")
+                KRange.parse(self.cotrained_k, minimum=2, option="cotrained_k")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if not self.reward_funcs:

@@ -21,6 +21,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rsa.stats": ("rsa",),
     "rsa.memory": ("rsa",),
     "rsa.progress": ("rsa",),
+    "rsa.seeds": ("rsa",),
+    "rsa.methods": ("rsa",),
     "rsa.sandbox": ("rsa.tasks", "rsa.engines", "rsa.loop", "rsa.runs", "rsa.grpo_setup", "rsa.configs"),
     "rsa.tasks": (
         "rsa.engines",
@@ -35,7 +37,18 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "rsa.data",
     ),  # fmt: skip
     "rsa.engines": ("rsa.tasks", "rsa.loop", "rsa.runs", "rsa.augment", "rsa.grpo_setup", "rsa.configs", "rsa.data"),
-    "rsa.fitting": ("rsa.loop", "rsa.runs", "rsa.augment", "rsa.configs", "rsa.engines"),
+    "rsa.fitting": ("rsa.loop", "rsa.prompts", "rsa.runs", "rsa.augment", "rsa.configs", "rsa.engines"),
+    "rsa.prompts": ("rsa.loop", "rsa.schedule", "rsa.runs", "rsa.augment", "rsa.grpo_setup", "rsa.configs", "rsa.data"),
+    "rsa.schedule": (
+        "rsa.loop",
+        "rsa.tasks",
+        "rsa.runs",
+        "rsa.augment",
+        "rsa.grpo_setup",
+        "rsa.configs",
+        "rsa.evaluate",
+        "rsa.data",
+    ),  # fmt: skip
     "rsa.loop": ("rsa.runs", "rsa.augment", "rsa.grpo_setup", "rsa.configs", "rsa.evaluate", "rsa.data"),
     "rsa.metrics": ("rsa.engines", "rsa.runs", "rsa.augment", "rsa.grpo_setup", "rsa.configs"),
     "rsa.rows": ("rsa.augment", "rsa.grpo_setup", "rsa.rewards", "rsa.engines", "rsa.loop", "rsa.data"),
@@ -123,7 +136,9 @@ def test_module_layering():
         ("def f():\n    from rsa.cli import main", "rsa.runs", "rsa.runs imports rsa.cli (the CLI layer)"),
         ("import torch", "rsa.metrics", "rsa.metrics imports torch at module level"),
         ("import rsa.tasks", "rsa.types", "rsa.types imports rsa.tasks"),
-        ("from rsa.loop import RSALoop", "rsa.sandbox.isolation", "rsa.sandbox.isolation imports rsa.loop"),
+        ("from rsa.engines import Engine", "rsa.seeds", "rsa.seeds imports rsa.engines"),
+        ("from rsa.loop import Member", "rsa.schedule", "rsa.schedule imports rsa.loop"),
+        ("from rsa.loop import Member", "rsa.prompts", "rsa.prompts imports rsa.loop"),
     ],
 )
 def test_layering_rules_catch_violations(source, module, expected):

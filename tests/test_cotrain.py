@@ -19,6 +19,7 @@ from rsa.cotrain import (
     half_relative_rewards,
 )
 from rsa.grpo_setup import ConfigError, read_completions
+from rsa.seeds import KRange
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -68,7 +69,7 @@ def test_half_relative_rewards_centre_each_half_and_leave_other_rows():
 
 
 def test_settings_that_cannot_build_co_trained_groups_are_errors(tiny_model_dir, tmp_path):
-    assert check_cotrained(0.5, "2-3", 6, 12) == (2, 3)
+    assert check_cotrained(0.5, "2-3", 6, 12) == KRange(2, 3)
     for args, message in [
         ((0.0, 2, 4, 4), "cotrained_aggregation must be in"),
         ((0.5, "1", 4, 4), "cotrained_k '1'"),

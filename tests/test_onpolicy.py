@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from rsa.grpo_setup import ConfigError
-from rsa.onpolicy import OnPolicyAggregation, parse_k
+from rsa.onpolicy import OnPolicyAggregation
+from rsa.seeds import KRange
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -28,10 +29,10 @@ def _parse(argv):
 
 
 def test_k_and_fraction_are_checked():
-    assert parse_k("3") == (3, 3) and parse_k("2-4") == (2, 4)
+    assert KRange.parse("3", minimum=2) == KRange(3, 3) and KRange.parse("2-4", minimum=2) == KRange(2, 4)
     for bad in ("1", "x", "4-2"):
         with pytest.raises(ValueError, match="on_policy_k"):
-            parse_k(bad)
+            KRange.parse(bad, minimum=2, option="on_policy_k")
     rows = [{"prompt": [{"role": "user", "content": "Add: 1+2"}], "task": "toy", "answer": "3", "kind": "plain"}]
     with pytest.raises(ValueError, match="on_policy_aggregation"):
         OnPolicyAggregation(rows, fraction=0.0)
