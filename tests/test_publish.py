@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 
 from rsa.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 BASE = "Qwen/Qwen3-0.6B"  # a Hub id the training record names (never downloaded)
 
 
@@ -297,6 +301,58 @@ def test_push_refused_without_token_or_offline(tiny_model_dir, tmp_path, monkeyp
 
     with pytest.raises(ValueError, match="switched offline"):
         push_dataset(tmp_path / "no-such-build", "me/data")  # refused before the folder is even read
+
+
+# ----- the token: --token, HF_TOKEN, or the saved login ---------------------------------------------------------
+def token_env(home: Path, saved: str | None = None, env_token: str | None = None) -> dict[str, str]:
+    """An environment whose Hugging Face home is `home` (with `hf auth login`'s token file when `saved`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if saved:
+        (home / "token").write_text(saved)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+    env.update(HF_HOME=str(home), PYTHONPATH=str(REPO))
+    if env_token:
+        env["HF_TOKEN"] = env_token
+    return env
+
+
+def resolved_token(env: dict[str, str], *token: str) -> str:
+    """`rsa.hub.resolve_token(*token)` in a fresh interpreter (huggingface_hub reads HF_HOME at import)."""
+    code = "import sys\nfrom rsa.hub import resolve_token\nprint(resolve_token(*sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *token], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_resolve_token_takes_the_flag_then_hf_token_then_the_saved_login(tmp_path):
+    saved_only = token_env(tmp_path / "home", saved="hf_saved_login")
+    assert resolved_token(saved_only) == "hf_saved_login"
+    assert resolved_token(saved_only, "hf_from_flag") == "hf_from_flag"
+    both = token_env(tmp_path / "home", env_token="hf_from_env")
+    assert resolved_token(both) == "hf_from_env"
+    assert resolved_token(both, "hf_from_flag") == "hf_from_flag"
+    assert resolved_token(token_env(tmp_path / "empty-home")) == "None"
+
+
+def test_publish_with_the_saved_login_and_with_token(hub, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    argv = ["publish", str(checkpoint), "--runs", str(run), "--repo-id"]
+    # `hf auth login`'s token file and no HF_TOKEN: a real `rsa publish` process pushes with the saved login
+    env = token_env(tmp_path / "home", saved="hf_standin_token")
+    env["HF_ENDPOINT"] = hub.url
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "rsa.cli", *argv, "me/saved", "--out", str(tmp_path / "hub1")],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [c["repo"] for c in hub.commits] == ["me/saved"]
+    # --token with nothing else: the stand-in accepts only its token, so the push shows which one was sent
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    assert main([*argv, "me/flag", "--out", str(tmp_path / "hub2"), "--token", "hf_standin_token"]) == 0
+    assert [c["repo"] for c in hub.commits] == ["me/saved", "me/flag"]
+    assert not hub.rejected
 
 
 # ----- pushing to the stand-in -----------------------------------------------------------------------------------
