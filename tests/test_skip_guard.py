@@ -32,6 +32,20 @@ def test_a_skip_fails_ci_naming_the_missing_part(tmp_path):
     assert "rsa_no_such_part" in proc.stdout  # the reason names the part
 
 
+def test_a_skipped_gpu_test_does_not_fail_ci(tmp_path):
+    (tmp_path / "test_gpu_only.py").write_text(
+        "import pytest\n\n\n@pytest.mark.gpu\ndef test_needs_cuda():\n    pytest.skip('needs a CUDA GPU')\n\n\n"
+        "def test_plain():\n    assert 1 + 1 == 2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env.update(CI="true", PYTHONPATH=str(TESTS))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "skip_guard", "-q", "-p", "no:cacheprovider",
+                           "test_gpu_only.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout
+    assert "1 passed, 1 skipped" in proc.stdout and "SKIPPED ON CI" not in proc.stdout
+
+
 def test_a_skip_is_allowed_off_ci(tmp_path):
     proc = _run(tmp_path, None)
     assert proc.returncode == 0, proc.stdout
