@@ -10,10 +10,10 @@ random stream.
 
 Guarantee: a request's completion depends only on (prompt, seed, sampling params, model, device,
 dtype), not on which other requests share its batch, the micro-batch size or the request order,
-as long as the model's logits for that row are bit-identical in and out of the batch. That held
-in float32 on CPU (the tests) and on an H200 GPU (24/24 requests); in bfloat16 on the GPU batched
-kernels differ in the last bits and about two thirds of sampled completions diverged somewhere
-(greedy ones did not). The same batch with the same seeds always repeats exactly. Unseeded
+as long as the model's logits for that row are bit-identical in and out of the batch. The tests
+check that in float32 on CPU; on a GPU, batched kernels (bfloat16 above all) can differ in the last
+bits, and a sampled completion can then depend on its batch. The same batch with the same seeds
+always repeats exactly. Unseeded
 requests get a fresh random seed each call. The model's own generation defaults (top_k, repetition penalty, ...) are not
 applied: sampling is exactly what `SamplingParams` says.
 """
