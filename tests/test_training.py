@@ -244,7 +244,7 @@ def test_completion_logger_writes_one_line_per_completion(tmp_path):
 def test_auto_resume_false_starts_over_and_an_explicit_checkpoint_still_wins(tiny_model_dir, tmp_path):
     """An output_dir holding a finished checkpoint: by default training resumes from it (and counts as finished);
     with `auto_resume: false` neither happens, while an explicit resume_from_checkpoint is still honoured."""
-    from rsa.training import finished_step, resume_checkpoint
+    from rsa.grpo_setup import finished_step, resume_checkpoint
 
     out = tmp_path / "out"
     for step in (1, 2):
