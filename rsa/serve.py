@@ -594,7 +594,7 @@ def build_app(service: RSAService):
                                              return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 if waiter in done:
                     step, share = waiter.result()
-                    yield ServerSentEvent(comment=f"rsa step {step}/{job.loop.num_steps} agreement {share:.3f}")
+                    yield ServerSentEvent(comment=f"step {step}/{job.loop.num_steps} agreement {share:.3f}")
                 else:
                     waiter.cancel()
                 if not done:

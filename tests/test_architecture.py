@@ -47,6 +47,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rsa.training": ("rsa.augment", "rsa.configs", "rsa.evaluate", "rsa.toyworld", "rsa.loop"),
     "rsa.report": ("rsa.engines", "rsa.loop", "rsa.training", "rsa.augment"),
     "rsa.publish": ("rsa.engines", "rsa.loop", "rsa.training", "rsa.configs"),
+    "rsa.serve": ("rsa.training", "rsa.evaluate", "rsa.runs", "rsa.toyworld"),
 }
 # no library module reaches up into the command-line layer
 CLI_LAYER = ("rsa.cli", "rsa.commands")
