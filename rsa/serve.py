@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rsa.configs import ServeConfig, auto_max_new_tokens
-from rsa.engines.base import Engine, EngineError, Generation
+from rsa.engines.base import Engine, EngineError
 from rsa.fitting import ContextBudgetError
 from rsa.loop import FINAL_RULES, LoopConfig, Member, RSALoop, final_answers
+from rsa.schedule import Groups, run_async, run_batched
 from rsa.tasks import Problem, get_task
 from rsa.voting import majority_answer
 
@@ -363,41 +364,44 @@ class RSAService:
     async def _rsa(self, job: ChatJob, on_step: Callable[[int, float], None] | None) -> RSAResult:
         loop = RSALoop(self.engine, [job.problem], job.loop)
         task = get_task(job.problem.task)
-        previous: list[Member] | None = None
+        history: list[list[Member]] = []
         agreement: list[float] = []
-        prompt_tokens = completion_tokens = generations = 0
-        for step in range(1, job.loop.num_steps + 1):
-            members, requests = loop.plan_group(step, 0, previous)
-            outcomes = await self._generate(loop, requests)
-            for outcome in outcomes:
-                if isinstance(outcome, Generation):
-                    prompt_tokens += outcome.prompt_tokens or 0
-                    completion_tokens += outcome.num_tokens
-            population, _, _ = loop.finish_group(step, 0, members, requests, outcomes)
+
+        def report(step, problem_index, population, regenerated, tokens, started, finished) -> None:
             failed = sum(m.failed for m in population)
-            generations += len(requests) - failed
-            self.metrics.generations += len(requests) - failed
+            self.metrics.generations += regenerated - failed
             self.metrics.generation_failures += failed
-            self.metrics.prompt_tokens += sum(o.prompt_tokens or 0 for o in outcomes if isinstance(o, Generation))
-            self.metrics.completion_tokens += sum(o.num_tokens for o in outcomes if isinstance(o, Generation))
-            if failed == len(population):
+            self.metrics.prompt_tokens += sum(m.prompt_tokens or 0 for m in population)
+            self.metrics.completion_tokens += tokens
+            if failed == len(population):  # nothing to aggregate: the backend is down or refuses this question
                 raise EngineError(f"every generation of step {step} failed; last error: {population[-1].error}")
             cluster = majority_answer(task, [m.extracted for m in population], job.problem)
             agreement.append(len(cluster.members) / len(population) if cluster else 0.0)
-            previous = population
+            history.append(population)
             self.metrics.steps += 1
             if on_step is not None:
                 on_step(step, agreement[-1])
-        (chosen,) = final_answers([job.problem], [previous], job.loop.final, job.loop.seed)
-        member = previous[chosen["member"]] if chosen["member"] is not None else previous[0]
-        return RSAResult(member, chosen["answer"], previous, agreement, prompt_tokens, completion_tokens, generations)
 
-    async def _generate(self, loop: RSALoop, requests: Sequence) -> list:
-        """The requests' outcomes: concurrently on async engines, else one batch at a time in a worker thread."""
+        groups = Groups(loop, [None], {}, report)
+        steps = range(1, job.loop.num_steps + 1)
         if getattr(self.engine, "supports_async", False):
-            return list(await asyncio.gather(*(loop.agenerate(r) for r in requests)))
-        async with self._batch_lock:
-            return await asyncio.to_thread(loop.generate_batch, requests)
+            await run_async(groups, loop.calls, steps, None, barrier=False)
+        else:  # one batch per step in a worker thread; one request's batch at a time on the engine
+            async with self._batch_lock:
+                await asyncio.to_thread(run_batched, groups, loop.calls, steps, None)
+        final = history[-1]
+        (chosen,) = final_answers([job.problem], [final], job.loop.final, job.loop.seed)
+        member = final[chosen["member"]] if chosen["member"] is not None else final[0]
+        every = [m for population in history for m in population]
+        return RSAResult(
+            member=member,
+            answer=chosen["answer"],
+            population=final,
+            agreement=agreement,
+            prompt_tokens=sum(m.prompt_tokens or 0 for m in every),
+            completion_tokens=sum(m.num_tokens for m in every),
+            generations=sum(not m.failed for m in every),
+        )
 
     # ----- responses -----------------------------------------------------------------------------------------
     def completion(self, job: ChatJob, result: RSAResult) -> dict:

@@ -19,8 +19,9 @@ import pytest
 from fault_server import FaultServer
 from test_runs import records
 
-from rsa.loop import LoopConfig, request_seed
+from rsa.loop import LoopConfig
 from rsa.runs import METRICS, RunDirectory, build_manifest, run_evaluation
+from rsa.seeds import request_seed
 from rsa.tasks import Problem
 
 REPO = Path(__file__).resolve().parents[1]

@@ -177,7 +177,7 @@ def test_64_concurrent_requests_then_429_beyond_the_queue(tiny_model_dir):
             assert len(ids) == requests  # none lost, none answered twice
             assert len(backend.requests) == requests * n * steps  # every generation ran exactly once
             # each reply is its own run: the final member's seed is one of that run's request seeds
-            from rsa.loop import request_seed
+            from rsa.seeds import request_seed
 
             for i, reply in enumerate(replies):
                 seed = int(reply.json()["choices"][0]["message"]["content"].split()[0].removeprefix("seed="))

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from rsa.augment.config import CANDIDATES_DIR, MANIFEST, MANIFEST_FORMAT, CandidateConfig, MixConfig
 from rsa.engines.base import Engine
-from rsa.loop import request_seed
 from rsa.runs import (
     manifest_differences,
     package_versions,
@@ -21,6 +20,7 @@ from rsa.runs import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from rsa.seeds import request_seed
 from rsa.tasks import CORRECT_SCORE, Problem, get_task
 from rsa.tasks.base import PROMPT_VERSION
 
