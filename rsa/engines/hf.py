@@ -224,7 +224,7 @@ class HFEngine(Engine):
         new_tokens = output[:, width:].tolist()
         eos = set(self.eos_token_ids)
         generations = []
-        for tokens, limit in zip(new_tokens, limits):
+        for prompt, tokens, limit in zip(prompts, new_tokens, limits):
             tokens = tokens[:limit]
             stop_at = next((j for j, t in enumerate(tokens) if t in eos), None)
             if stop_at is None:
@@ -234,7 +234,15 @@ class HFEngine(Engine):
                 body, num_tokens, finish = tokens[:stop_at], stop_at + 1, "stop"
             raw = self.tokenizer.decode([t for t in body if t not in self._skip_ids], skip_special_tokens=False)
             text, reasoning = split_reasoning(raw, self.reasoning)
-            generations.append(Generation(text=text, num_tokens=num_tokens, finish_reason=finish, reasoning=reasoning))
+            generations.append(
+                Generation(
+                    text=text,
+                    num_tokens=num_tokens,
+                    finish_reason=finish,
+                    reasoning=reasoning,
+                    prompt_tokens=len(prompt),
+                )
+            )
         return generations
 
     def close(self) -> None:
