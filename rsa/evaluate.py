@@ -389,9 +389,29 @@ def run_eval(config: EvalConfig | EvalPlan, engine: Engine | None = None) -> lis
     those trackers (`rsa.tracking`).
     """
     plan = config if isinstance(config, EvalPlan) else prepare_eval(config)
+    owned = engine is None and not plan.complete
     try:
-        summaries = _run_plan(plan, engine)
+        if owned:
+            from rsa.engines import make_engine
+
+            engine = make_engine(plan.config.engine, plan.config.model, **plan.engine_options)
+        if plan.loop_config is None:  # the context was unknown before the engine (a server without --max-model-len)
+            plan.config = resolve_max_new_tokens(plan.config, engine.max_model_len)
+            plan.loop_config = plan.config.loop_config()
+            _set_manifest(plan)
+        summaries = evaluate(
+            None if plan.complete else engine,
+            plan.problems,
+            plan.loop_config,
+            plan.run_dir,
+            manifest=plan.manifest,
+            done=plan.done,
+            progress=plan.config.progress and not plan.complete,
+            allow_existing=plan.config.allow_existing_dir,
+        )
     finally:
+        if owned and engine is not None:
+            engine.close()
         plan.run_dir.release()  # the folder's lock, taken by prepare_eval
     if plan.config.report_to:
         from rsa.tracking import MetricsTracker
@@ -403,33 +423,3 @@ def run_eval(config: EvalConfig | EvalPlan, engine: Engine | None = None) -> lis
         finally:
             tracker.close()
     return summaries
-
-
-def _run_plan(plan: EvalPlan, engine: Engine | None) -> list[dict]:
-    if plan.complete:
-        return evaluate(None, plan.problems, plan.loop_config, plan.run_dir, done=plan.done, progress=False)
-    owned = engine is None
-    if owned:
-        from rsa.engines import make_engine
-
-        engine = make_engine(plan.config.engine, plan.config.model, **plan.engine_options)
-    try:
-        if plan.loop_config is None:  # the context was unknown before the engine (a server without --max-model-len)
-            plan.config = resolve_max_new_tokens(plan.config, engine.max_model_len)
-            plan.loop_config = plan.config.loop_config()
-            _set_manifest(plan)
-            if plan.complete:
-                return evaluate(None, plan.problems, plan.loop_config, plan.run_dir, done=plan.done, progress=False)
-        return evaluate(
-            engine,
-            plan.problems,
-            plan.loop_config,
-            plan.run_dir,
-            manifest=plan.manifest,
-            done=plan.done,
-            progress=plan.config.progress,
-            allow_existing=plan.config.allow_existing_dir,
-        )
-    finally:
-        if owned:
-            engine.close()
