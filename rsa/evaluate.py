@@ -286,18 +286,19 @@ class EvalPlan:
         )
 
 
-def resolve_max_new_tokens(config: EvalConfig, context: int | None) -> EvalConfig:
-    """`config` with `max_new_tokens` set (auto: min(8192, context // 2)); ValueError when it leaves no room."""
+def resolve_max_new_tokens(max_new_tokens: int | None, context: int | None) -> int | None:
+    """`max_new_tokens` for a model `context` (auto when None: min(8192, context // 2)); ValueError when it leaves
+    no room for a prompt. Unchanged when the context is unknown."""
     if context is None:
-        return config
-    if config.max_new_tokens is None:
-        return replace(config, max_new_tokens=auto_max_new_tokens(context))
-    if config.max_new_tokens >= context:
+        return max_new_tokens
+    if max_new_tokens is None:
+        return auto_max_new_tokens(context)
+    if max_new_tokens >= context:
         raise ValueError(
-            f"--max-new-tokens {config.max_new_tokens} leaves no room for a prompt in the model's context of "
+            f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's context of "
             f"{context} tokens; lower --max-new-tokens (or raise --max-model-len)"
         )
-    return config
+    return max_new_tokens
 
 
 def prepare_eval(config: EvalConfig) -> EvalPlan:
@@ -305,11 +306,11 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
     from rsa.data import load_problems
 
     options = config.engine_kwargs()
-    config = replace(config, model=check_model(config.model, config.engine))
+    model = check_model(config.model, config.engine)
     context = config.max_model_len
     if context is None and config.engine != "openai":
-        context = model_context_length(config.model)
-    config = resolve_max_new_tokens(config, context)
+        context = model_context_length(model)
+    config = replace(config, model=model, max_new_tokens=resolve_max_new_tokens(config.max_new_tokens, context))
     problems = load_problems(
         config.dataset, limit=config.limit, task=config.task, size=config.size, seed=config.data_seed
     )
@@ -396,7 +397,8 @@ def run_eval(config: EvalConfig | EvalPlan, engine: Engine | None = None) -> lis
 
             engine = make_engine(plan.config.engine, plan.config.model, **plan.engine_options)
         if plan.loop_config is None:  # the context was unknown before the engine (a server without --max-model-len)
-            plan.config = resolve_max_new_tokens(plan.config, engine.max_model_len)
+            max_new_tokens = resolve_max_new_tokens(plan.config.max_new_tokens, engine.max_model_len)
+            plan.config = replace(plan.config, max_new_tokens=max_new_tokens)
             plan.loop_config = plan.config.loop_config()
             _set_manifest(plan)
         summaries = evaluate(
