@@ -394,7 +394,8 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
     hub_revision: str | None = field(default=None, metadata={"help": "with --push-to-hub: branch to push to"})
 
     def __post_init__(self) -> None:
-        from rsa.augment import Balance, KRange
+        from rsa.augment import Balance
+        from rsa.seeds import KRange
 
         if not self.out:
             raise ValueError("--out is required")

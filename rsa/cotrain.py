@@ -6,7 +6,7 @@ in two halves (through TRL's `GRPOTrainer(rollout_func=...)` hook):
 1. the first half's rows (n = G - G//2 of the group's G rows) are generated as plain completions;
 2. each row of the second half (G//2 rows) gets the task's aggregation prompt (`Task.aggregation_prompt`, the
    code RSA uses) over its own K-subset of the first half's completions, drawn with RSA's seeded subset
-   sampler (`rsa.loop.draw_aggregation_sets`), and is generated in a second call.
+   sampler (`rsa.seeds.draw_aggregation_sets`), and is generated in a second call.
 
 No candidate is sampled beyond the group's own G completions, so a step generates as many completions as
 standard RL; the extra cost is the aggregation prompts' length and a second generation call.
@@ -42,9 +42,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rsa.loop import draw_aggregation_sets, subset_rng
-from rsa.onpolicy import _content, _unit, parse_k, rollout_output
+from rsa.onpolicy import _content, _unit, rollout_output
 from rsa.rows import row_to_problem
+from rsa.seeds import KRange, draw_aggregation_sets, subset_rng
 from rsa.tasks import Problem, get_task
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def half_sizes(num_generations: int) -> tuple[int, int]:
     return num_generations - num_generations // 2, num_generations // 2
 
 
-def check_cotrained(fraction: float, k: str | int, num_generations: int, process_batch: int) -> tuple[int, int]:
+def check_cotrained(fraction: float, k: str | int, num_generations: int, process_batch: int) -> KRange:
     """The K range, after checking that co-trained groups can be built; ValueError naming the setting otherwise.
 
     `process_batch`: completions per process per generation batch (per_device_train_batch_size x
@@ -169,7 +169,7 @@ def check_cotrained(fraction: float, k: str | int, num_generations: int, process
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"cotrained_aggregation must be in (0, 1], got {fraction}")
-    lo, hi = parse_k(k, "cotrained_k")
+    k_range = KRange.parse(k, minimum=2, option="cotrained_k")
     plain, aggregate = half_sizes(num_generations)
     if aggregate < 2:
         raise ValueError(
@@ -177,7 +177,7 @@ def check_cotrained(fraction: float, k: str | int, num_generations: int, process
             f"plain half and an aggregation half, each needing >= 2 completions for a relative reward; set "
             f"num_generations to 4 or more"
         )
-    if hi > plain:
+    if k_range.high > plain:
         raise ValueError(
             f"cotrained_k {k!r}: the aggregation prompts draw K of the plain half's {plain} completions "
             f"(num_generations={num_generations}); lower cotrained_k to at most {plain} or raise num_generations"
@@ -189,7 +189,7 @@ def check_cotrained(fraction: float, k: str | int, num_generations: int, process
             f"must not be split across processes, since each process builds the aggregation prompts from its own "
             f"plain half. Set per_device_train_batch_size to a multiple of {num_generations}"
         )
-    return lo, hi
+    return k_range
 
 
 @dataclass
@@ -294,8 +294,7 @@ class CoTrainedAggregation:
             problem = self._problems.get(question)
             if problem is None or _unit(self.seed, step, question) >= self.fraction:
                 continue
-            lo, hi = self.k_range
-            k = lo + int(_unit(self.seed, step, "k", question) * (hi - lo + 1))
+            k = self.k_range.pick(_unit(self.seed, step, "k", question))
             candidates = texts[g * plain_rows : (g + 1) * plain_rows]
             for i, conversation in zip(range(start + plain_rows, start + size), self._aggregation_prompts(
                     problem, candidates, k, step)):  # fmt: skip

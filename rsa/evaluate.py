@@ -87,7 +87,7 @@ def evaluate(
     committed = len(done)
     for step in range(1, committed + 1):  # left behind by a kill between a step's commit and its cleanup
         run_dir.pending_file(step).unlink(missing_ok=True)
-    keep = range(1, committed + 1) if config.method == "majority" else range(committed, committed + 1)
+    keep = range(1, committed + 1) if config.spec.pooled else range(committed, committed + 1)
     history = [run_dir.load_population(step, problems, config) for step in keep if step >= 1]
     stored: dict[tuple[int, int], Population] = {}
     for step in range(committed + 1, config.num_steps + 1):
@@ -173,7 +173,7 @@ def repair_metrics(run_dir: RunDirectory, problems: Sequence[Problem], config: L
         except (ValueError, KeyError) as exc:
             logger.warning("repair: stopping before step %d: %s", step, exc)
             break
-        history = history + [populations] if config.method == "majority" else [populations]
+        history = history + [populations] if config.spec.pooled else [populations]
         summary, records = _summarise(step, problems, config, history, old.get(step, {}).get("wall_time_s"))
         write_jsonl_atomic(run_dir.step_file(PER_PROBLEM_DIR, step), records)
         summaries.append(summary)
@@ -248,7 +248,7 @@ class _StepCommitter:
     def commit(self, step: int) -> None:
         groups = self.groups.pop(step)
         generated = [groups[pi] for pi in range(len(self.problems))]
-        self.history = self.history + [generated] if self.config.method == "majority" else [generated]
+        self.history = self.history + [generated] if self.config.spec.pooled else [generated]
         span = self.times.pop(step, None)
         wall = span[1] - span[0] if span else 0.0
         summary, records = _summarise(step, self.problems, self.config, self.history, wall)

@@ -1,7 +1,7 @@
 """Prompts under a token budget: the one place where questions are checked and candidates are shortened.
 
-`PromptFitter(count_tokens, budget)` is shared by RSA evaluation (`rsa.loop`, through `PromptBuilder`, whose
-budget is `engine.max_model_len - max_new_tokens - CHAT_TEMPLATE_RESERVE` tokens of prompt text) and by
+`PromptFitter(count_tokens, budget)` is shared by RSA evaluation (`rsa.loop`, through `rsa.prompts.PromptBuilder`,
+whose budget is `engine.max_model_len - max_new_tokens - CHAT_TEMPLATE_RESERVE` tokens of prompt text) and by
 dataset augmentation (`rsa.augment`, whose budget is `max_model_len - max_completion_length` tokens of the
 templated prompt, measured with the training tokenizer's chat template).
 
@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from rsa.types import Conversation
 
-if TYPE_CHECKING:  # only for annotations: rsa.loop imports this module
-    from rsa.engines.base import Engine
-    from rsa.loop import Member
+if TYPE_CHECKING:
     from rsa.tasks import Problem, Task
 
 #: shown in place of the cut-out middle of a candidate that had to be shortened to fit the context
@@ -186,62 +184,6 @@ def _default_explain(budget: int) -> Explain:
         )
 
     return explain
-
-
-class PromptBuilder:
-    """RSA evaluation's prompts: plain and aggregation prompts within `engine.max_model_len - max_new_tokens`."""
-
-    def __init__(self, engine: Engine, max_new_tokens: int, thinking: str = "strip") -> None:
-        self.engine = engine
-        self.thinking = thinking
-        budget = engine.max_model_len - max_new_tokens - CHAT_TEMPLATE_RESERVE
-        if budget <= 0:
-            raise ContextBudgetError(
-                f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
-                f"{engine.max_model_len} tokens; lower --max-new-tokens or raise --max-model-len"
-            )
-
-        def explain(problem: Problem, what: str, tokens: int) -> str:
-            return (
-                f"problem {problem.id!r}: {what} needs {tokens} tokens but only {budget} are free "
-                f"(max_model_len {engine.max_model_len} - max_new_tokens - {CHAT_TEMPLATE_RESERVE} reserved "
-                "for the chat template); the question is never truncated: raise --max-model-len or lower "
-                "--max-new-tokens / --k"
-            )
-
-        self.fitter = PromptFitter(engine.count_tokens, budget, explain=explain)
-
-    @property
-    def prompt_budget(self) -> int:
-        """Tokens of prompt text the context leaves free."""
-        return self.fitter.budget
-
-    def candidate_text(self, member: Member) -> str:
-        """The text of `member` as a candidate: its answer, with its reasoning first when thinking is kept."""
-        if self.thinking == "keep" and member.reasoning:
-            return f"<think>\n{member.reasoning.strip()}\n</think>\n\n{member.text}"
-        return member.text
-
-    def check_fits(self, task: Task, problem: Problem, k: int | None) -> None:
-        """Raise ContextBudgetError unless the question (and, for K given, K shortened candidates) fits."""
-        self.fitter.check_question(task, problem, k)
-
-    def plain(self, task: Task, problem: Problem) -> Conversation:
-        """The step-1 prompt (the question is never cut; `check_fits` guards its length)."""
-        return task.plain_prompt(problem)
-
-    def aggregation(self, task: Task, problem: Problem, candidates: Sequence[Member]) -> tuple[Conversation, int]:
-        """The aggregation prompt over `candidates`, shortened to fit; returns (prompt, candidates truncated)."""
-        texts = [self.candidate_text(m) for m in candidates]
-
-        def count(i: int) -> int:  # cached on the member: a member is a candidate in several sets
-            member = candidates[i]
-            if member._prompt_tokens is None:
-                member._prompt_tokens = self.fitter.count_tokens(texts[i])
-            return member._prompt_tokens
-
-        fitted = self.fitter.fit(task, problem, texts, count)
-        return fitted.conversation, fitted.truncated
 
 
 def equal_share_caps(counts: Sequence[int], available: int) -> list[int]:

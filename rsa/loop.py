@@ -11,34 +11,21 @@ Parameters: population size N, aggregation-set size K, steps T.
 * End: the answer is a uniformly random member of the last population (the paper's Pass@1), or the
   majority-vote answer.
 
-Schedules (`LoopConfig.schedule`): each request gets its own sampling seed, derived from (run seed,
-step, problem index, slot), and aggregation sets are drawn from a numpy Generator seeded from (run
-seed, step, problem index). A problem's step t+1 depends only on its own step t, so the order in which
-requests run does not change any result on engines that honour per-request seeds:
-
-* ``async`` (default): every problem advances to its next step as soon as its own population is
-  complete; requests go to the engine one by one through its async path (`Engine.agenerate_one`),
-  which keeps it full up to its concurrency limit. Engines without an async path (hf) fall back to
-  the barrier schedule, and the loop logs that it does.
-* ``barrier``: one step at a time over all problems (one batched `engine.generate` call per step on
-  engines without an async path).
-
-A request that still fails inside the engine (`EngineError`, after the engine's own retries) becomes a
-failed member: empty text, score 0, its error text kept (naming step, problem and slot); the run goes
-on. A member is regenerated only when it is missing or failed, or when one of its parents was
-regenerated successfully, so a resumed run retries exactly the failed requests and what depends on them.
-When requests fail in a row (`MAX_FAILURES_IN_A_ROW`, or all of a smaller first step) with none
-succeeding in between, the engine is taken to be down: the run stops with `EngineError` (resumable). A
-poisoned problem (one whose every request fails while the engine serves the others) is not an outage, so the
-streak must span at least two problems (unless the run has only one): such a problem left alone at the end of
-an async run fails its members and the run completes (`--resume` retries them).
+Each request gets its own sampling seed, derived from (run seed, step, problem index, slot), and aggregation
+sets are drawn from a numpy Generator seeded from (run seed, step, problem index) (`rsa.seeds`). A problem's
+step t+1 depends only on its own step t, so when requests run (`rsa.schedule`: the async and barrier
+schedules, failure counting, reuse of what an interrupted run stored) never changes what they return on
+engines that honour per-request seeds. A request that still fails inside the engine becomes a failed
+member: empty text, score 0, its error text kept (naming step, problem and slot); the run goes on.
 
 Candidates that would overflow the context (`engine.max_model_len - max_new_tokens` tokens for the
-prompt) are shortened, each to an equal share of what the question leaves free, keeping their beginning
-and end around a visible `TRUNCATION_MARKER`; a candidate is never dropped and the question is never cut
-(if the question itself does not fit, `ContextBudgetError` is raised before anything is generated).
+prompt) are shortened (`rsa.prompts.PromptBuilder`), each to an equal share of what the question leaves free,
+keeping their beginning and end around a visible truncation marker; a candidate is never dropped and the
+question is never cut (if the question itself does not fit, `ContextBudgetError` is raised before anything
+is generated).
 
-Budget-matched baselines (`LoopConfig.method`), all spending N * T generations per problem:
+Budget-matched baselines (`LoopConfig.method`, one `rsa.methods.Method` each), all spending N * T
+generations per problem:
 
 * ``rsa``        the algorithm above.
 * ``sample``     T independent rounds of N plain samples; step t's population is round t alone.
@@ -51,31 +38,33 @@ Budget-matched baselines (`LoopConfig.method`), all spending N * T generations p
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import heapq
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-from rsa.engines.base import Engine, EngineError, Generation, SamplingParams
-from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError, PromptBuilder  # noqa: F401  (the first two re-exported)
+from rsa.engines.base import Engine, Generation, SamplingParams
+from rsa.methods import METHOD_TABLE, METHODS, Method
+from rsa.prompts import PromptBuilder
+from rsa.schedule import (
+    MAX_FAILURES_IN_A_ROW,
+    SCHEDULES,
+    EngineCalls,
+    Groups,
+    ProgressHook,
+    effective_schedule,
+    run_batched,
+    run_schedule,
+)
+from rsa.seeds import draw_aggregation_sets, request_seed, subset_rng
 from rsa.tasks import Conversation, Problem, get_task
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("rsa", "sample", "majority", "refine", "single-agg")
 FINAL_RULES = ("random", "majority")
 THINKING_MODES = ("strip", "keep")
-SCHEDULES = ("async", "barrier")
-
-#: failed requests in a row, with no success in between, after which the engine is taken to be down
-MAX_FAILURES_IN_A_ROW = 16
-_SEED_MODULUS = 2**31 - 1  # request seeds fit a signed 32-bit int, which every backend accepts
 
 
 @dataclass(frozen=True)
@@ -105,17 +94,19 @@ class LoopConfig:
             raise ValueError(f"steps T must be >= 1 (step 1 is the initial sampling), got {self.steps}")
         if self.k < 1:
             raise ValueError(f"aggregation-set size K must be >= 1, got {self.k}")
-        if self.method == "rsa" and self.k > self.population:
-            raise ValueError(
-                f"K={self.k} is larger than the population N={self.population}: an aggregation set draws K "
-                "distinct members, so use K <= N"
-            )
-        if self.method == "single-agg":
-            if self.steps < 2:
-                raise ValueError("method single-agg needs steps T >= 2 (its budget is N * T generations)")
-            if self.k > self.population * (self.steps - 1):
+        if self.spec.single_aggregation and self.steps < 2:
+            raise ValueError(f"method {self.method} needs steps T >= 2 (its budget is N * T generations)")
+        if self.spec.parents == "drawn":
+            pool = min(self.generations_at(t) for t in range(1, max(2, self.num_steps)))
+            if self.k > pool:
+                drawn_from = (
+                    f"the population N={pool}"
+                    if pool == self.population
+                    else f"{self.method}'s candidate pool of {pool}"
+                )
                 raise ValueError(
-                    f"K={self.k} is larger than single-agg's candidate pool N*(T-1)={self.population * (self.steps - 1)}"
+                    f"K={self.k} is larger than {drawn_from}: an aggregation set draws K distinct members, "
+                    f"so use K <= {pool}"
                 )
         if self.final not in FINAL_RULES:
             raise ValueError(f"unknown final-answer rule {self.final!r}; choose one of {', '.join(FINAL_RULES)}")
@@ -125,20 +116,23 @@ class LoopConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     @property
+    def spec(self) -> Method:
+        """The `rsa.methods.Method` that `method` names."""
+        return METHOD_TABLE[self.method]
+
+    @property
     def num_steps(self) -> int:
         """Steps actually run: T, except single-agg which always has 2 (pool, then one aggregation)."""
-        return 2 if self.method == "single-agg" else self.steps
+        return self.spec.num_steps(self.steps)
 
     @property
     def aggregation_size(self) -> int:
         """Candidates per aggregation prompt: K, or 1 for self-refinement."""
-        return 1 if self.method == "refine" else self.k
+        return self.spec.aggregation_size(self.k)
 
     def generations_at(self, step: int) -> int:
         """How many answers step `step` generates per problem."""
-        if self.method == "single-agg" and step == 1:
-            return self.population * (self.steps - 1)
-        return self.population
+        return self.spec.generations_at(step, self.population, self.steps)
 
     @property
     def budget_per_problem(self) -> int:
@@ -164,7 +158,8 @@ class Member:
     truncated_parents: int = 0  # how many of the parents had to be shortened to fit the context
     seed: int | None = None
     error: str | None = None  # set when the request failed: the member is empty and scores 0
-    _prompt_tokens: int | None = field(default=None, repr=False, compare=False)
+    #: tokens of its text as a candidate, counted by `PromptBuilder` the first time it is one (not in records)
+    candidate_tokens: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -184,29 +179,6 @@ class StepResult:
     tokens_generated: int
     wall_time_s: float
     truncated_candidates: int
-
-
-# ----- seeds and aggregation sets -----------------------------------------------------------------------------
-def request_seed(run_seed: int, step: int, problem_index: int, slot: int) -> int:
-    """The sampling seed of one request: a fixed hash of (run seed, step, problem index, slot)."""
-    digest = hashlib.blake2b(f"{run_seed}/{step}/{problem_index}/{slot}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % _SEED_MODULUS
-
-
-def subset_rng(run_seed: int, step: int, problem_index: int) -> np.random.Generator:
-    """The Generator that draws one problem's aggregation sets at one step."""
-    return np.random.default_rng([run_seed % 2**63, step, problem_index])
-
-
-def draw_aggregation_sets(rng: np.random.Generator, population_size: int, num_sets: int, k: int) -> np.ndarray:
-    """`num_sets` independent aggregation sets, each K distinct members drawn uniformly; shape (num_sets, K).
-
-    Sorting i.i.d. uniforms gives a uniformly random permutation per row; its first K entries are a
-    uniformly random K-subset (in random order), drawn without replacement within the row.
-    """
-    if not 1 <= k <= population_size:
-        raise ValueError(f"cannot draw {k} distinct members from a population of {population_size}")
-    return np.argsort(rng.random((num_sets, population_size)), axis=1)[:, :k]
 
 
 # ----- the loop -----------------------------------------------------------------------------------------------
@@ -234,41 +206,6 @@ class GroupResult:
     finished: float  # time.monotonic() when its last request came back
 
 
-class ProgressHook(Protocol):
-    """What the loop reports while it runs (see `rsa.progress.Progress`)."""
-
-    def requests_done(self, count: int, tokens: int) -> None: ...
-
-    def group_done(self, step: int) -> None: ...
-
-
-class _PriorityGate:
-    """At most `limit` requests in flight; waiting ones go in order of (step, arrival): lagging problems first."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self.waiting: list[tuple[int, int, asyncio.Future]] = []
-        self.arrivals = 0
-
-    async def acquire(self, step: int) -> None:
-        if self.in_flight < self.limit and not self.waiting:
-            self.in_flight += 1
-            return
-        self.arrivals += 1
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.waiting, (step, self.arrivals, future))
-        await future  # the releaser counted us in
-
-    def release(self) -> None:
-        self.in_flight -= 1
-        while self.waiting and self.in_flight < self.limit:
-            _, _, future = heapq.heappop(self.waiting)
-            if not future.done():
-                self.in_flight += 1
-                future.set_result(None)
-
-
 class RSALoop:
     """RSA (and its baselines) for a list of problems on one engine, under the configured schedule."""
 
@@ -286,36 +223,34 @@ class RSALoop:
             max_new_tokens=config.max_new_tokens,
             seed=config.seed,
         )
-        self._failures_in_a_row = 0
-        self._failure_limit = MAX_FAILURES_IN_A_ROW
-        self._streak_problems: set[int] = set()  # problems of the current run of failures
+        self.calls = EngineCalls(engine, self.params, self.describe_failure, len(self.problems))
 
     @property
     def schedule(self) -> str:
         """The schedule that actually runs: async needs an engine with an async path."""
-        if self.config.schedule == "async" and not getattr(self.engine, "supports_async", False):
-            return "barrier"
-        return self.config.schedule
+        return effective_schedule(self.engine, self.config.schedule)
 
     def check_context(self) -> None:
         """Raise ContextBudgetError before generating when some question cannot fit its prompts."""
-        aggregates = self.config.method in ("rsa", "refine", "single-agg") and self.config.num_steps > 1
+        aggregates = self.config.spec.aggregates and self.config.num_steps > 1
         for task, problem in zip(self.tasks, self.problems):
             self.prompts.check_fits(task, problem, None)
             if aggregates:
                 self.prompts.check_fits(task, problem, self.config.aggregation_size)
 
     # ----- requests -------------------------------------------------------------------------------------------
-    def aggregation_sets(self, step: int, problem_index: int, previous_size: int) -> list[tuple[int, ...]]:
-        """Each slot's parents at `step` (empty for a plain sample), from the seeded subset generator."""
+    def aggregation_sets(self, step: int, problem_index: int, previous: Population | None) -> list[tuple[int, ...]]:
+        """Each slot's parents at `step` in `previous` (empty for a plain sample), from the seeded subset generator."""
         cfg = self.config
         size = cfg.generations_at(step)
-        if step == 1 or cfg.method in ("sample", "majority"):
+        if step == 1 or not cfg.spec.aggregates:
             return [()] * size
-        if cfg.method == "refine":
+        if previous is None:
+            raise ValueError(f"step {step} needs the previous step's populations")
+        if cfg.spec.parents == "own":
             return [(slot,) for slot in range(size)]  # each chain refines its own answer
         rng = subset_rng(cfg.seed, step, problem_index)
-        return [tuple(row) for row in draw_aggregation_sets(rng, previous_size, size, cfg.k).tolist()]
+        return draw_aggregation_sets(rng, len(previous), size, cfg.k)
 
     def build_request(
         self, step: int, problem_index: int, slot: int, parents: tuple[int, ...], previous: Population | None
@@ -334,35 +269,9 @@ class RSALoop:
         out = []
         for pi in range(len(self.problems)):
             population = previous[pi] if previous is not None else None
-            sets = self.aggregation_sets(step, pi, len(population) if population else 0)
+            sets = self.aggregation_sets(step, pi, population)
             out.extend(self.build_request(step, pi, slot, parents, population) for slot, parents in enumerate(sets))
         return out
-
-    def plan_group(
-        self,
-        step: int,
-        problem_index: int,
-        previous: Population | None,
-        stored: Population | None = None,
-        changed: Collection[int] = (),
-    ) -> tuple[list[Member | None], list[_Request]]:
-        """Which members of (problem, step) can be reused from `stored` and which requests must run.
-
-        A stored member is reused unless it failed or one of its parents is in `changed` (the previous
-        step's slots regenerated successfully in this run); the rest become requests.
-        """
-        if step > 1 and previous is None and self.config.method not in ("sample", "majority"):
-            raise ValueError(f"step {step} needs the previous step's populations")
-        sets = self.aggregation_sets(step, problem_index, len(previous) if previous else 0)
-        members: list[Member | None] = [None] * len(sets)
-        todo = []
-        for slot, parents in enumerate(sets):
-            old = stored[slot] if stored is not None and slot < len(stored) else None
-            if old is not None and not old.failed and old.parents == parents and not set(parents) & set(changed):
-                members[slot] = old
-            else:
-                todo.append(self.build_request(step, problem_index, slot, parents, previous))
-        return members, todo
 
     def member(self, request: _Request, outcome: Generation | str) -> Member:
         """The scored member of a finished request; a string outcome is the error of a failed request."""
@@ -399,77 +308,7 @@ class RSALoop:
             f"step {request.step}, problem {problem.id!r} (index {request.problem_index}), slot {request.slot}: {exc}"
         )
 
-    def finish_group(
-        self, step: int, problem_index: int, members: list[Member | None], todo: Sequence[_Request], outcomes: Sequence
-    ) -> tuple[Population, set[int], int]:
-        """Fill the generated members in; returns (population, slots regenerated successfully, their tokens)."""
-        changed, tokens = set(), 0
-        for request, outcome in zip(todo, outcomes):
-            member = self.member(request, outcome)
-            members[request.slot] = member
-            tokens += member.num_tokens
-            if member.failed:
-                logger.warning("request failed: %s", member.error)
-            else:
-                changed.add(request.slot)
-        return list(members), changed, tokens
-
-    def _succeeded(self) -> None:
-        self._failures_in_a_row = 0
-        self._streak_problems.clear()
-
-    def _count(self, outcome: Generation | str, request: _Request) -> Generation | str:
-        """Track failures in a row; EngineError when the engine looks down (see the module docstring)."""
-        if not isinstance(outcome, str):
-            self._succeeded()
-            return outcome
-        self._failures_in_a_row += 1
-        self._streak_problems.add(request.problem_index)
-        # one problem failing alone is that problem's fault (a prompt the server rejects), not the engine's; with
-        # a single problem in the run the two cannot be told apart, and stopping early is the cheaper mistake
-        several = len(self._streak_problems) > 1 or len(self.problems) == 1
-        if self._failures_in_a_row >= self._failure_limit and several:
-            raise EngineError(
-                f"{self._failures_in_a_row} requests of {len(self._streak_problems)} problem(s) failed in a row with "
-                f"none succeeding: the engine looks down, stopping (what was committed is kept). Last error: {outcome}"
-            )
-        return outcome
-
-    # ----- generation -----------------------------------------------------------------------------------------
-    def generate_batch(self, requests: Sequence[_Request]) -> list[Generation | str]:
-        """One batched engine call; when it fails, each request alone, so one bad request fails alone."""
-        if not requests:
-            return []
-        try:
-            generations = self.engine.generate(
-                [r.conversation for r in requests], self.params, seeds=[r.seed for r in requests]
-            )
-        except EngineError as exc:
-            if len(requests) == 1:
-                return [self._count(self.describe_failure(requests[0], exc), requests[0])]
-            logger.warning("a batch of %d requests failed (%s); running them one by one", len(requests), exc)
-            return [self._count(self._generate_alone(r), r) for r in requests]
-        if len(generations) != len(requests):
-            raise RuntimeError(f"engine returned {len(generations)} generations for {len(requests)} requests")
-        self._succeeded()
-        return list(generations)
-
-    def _generate_alone(self, request: _Request) -> Generation | str:
-        try:
-            (generation,) = self.engine.generate([request.conversation], self.params, seeds=[request.seed])
-        except EngineError as exc:
-            return self.describe_failure(request, exc)
-        return generation
-
-    async def agenerate(self, request: _Request) -> Generation | str:
-        """One request through the engine's async path; the error text when it fails."""
-        try:
-            outcome = await self.engine.agenerate_one(request.conversation, self.params, request.seed)
-        except EngineError as exc:
-            outcome = self.describe_failure(request, exc)
-        return self._count(outcome, request)
-
-    # ----- whole runs -----------------------------------------------------------------------------------------
+    # ----- whole runs (when requests run is `rsa.schedule`'s) -------------------------------------------------
     def execute(
         self,
         on_group: Callable[[GroupResult], None],
@@ -488,115 +327,32 @@ class RSALoop:
         previous = list(previous) if previous is not None else [None] * len(self.problems)
         if len(previous) != len(self.problems):
             raise ValueError(f"{len(previous)} previous populations for {len(self.problems)} problems")
-        stored = stored or {}
+
+        def report(step, problem_index, population, regenerated, tokens, started, finished) -> None:
+            on_group(GroupResult(step, problem_index, population, regenerated, tokens, started, finished))
+
         first = len(self.problems) * self.config.generations_at(start_step)
-        self._failure_limit = min(MAX_FAILURES_IN_A_ROW, first)
-        self._succeeded()
-        if self.config.schedule == "async" and self.schedule != "async":
-            logger.info(
-                "engine %s has no async path: the async schedule runs one batch per step (barrier)",
-                getattr(self.engine, "name", type(self.engine).__name__),
-            )
-        if self.schedule == "barrier" and not getattr(self.engine, "supports_async", False):
-            self._execute_batched(on_group, start_step, previous, stored, progress)
-            return
-        coroutine = self._execute_async(on_group, start_step, previous, stored, progress)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(coroutine)
-            return
-        # called from inside a running event loop (a notebook): run on a private loop in a thread
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, coroutine).result()
-
-    def _execute_batched(self, on_group, start_step, previous, stored, progress) -> None:
-        changed: list[set[int]] = [set() for _ in self.problems]
-        for step in range(start_step, self.config.num_steps + 1):
-            plans = [
-                self.plan_group(step, pi, previous[pi], stored.get((step, pi)), changed[pi])
-                for pi in range(len(self.problems))
-            ]
-            todo = [r for _, requests in plans for r in requests]
-            started = time.monotonic()
-            outcomes = self.generate_batch(todo)
-            finished = time.monotonic()
-            if progress is not None and todo:
-                progress.requests_done(len(todo), sum(o.num_tokens for o in outcomes if isinstance(o, Generation)))
-            at = 0
-            for pi, (members, requests) in enumerate(plans):
-                mine, at = outcomes[at : at + len(requests)], at + len(requests)
-                population, changed[pi], tokens = self.finish_group(step, pi, members, requests, mine)
-                previous[pi] = population
-                on_group(GroupResult(step, pi, population, len(requests), tokens, started, finished))
-                if progress is not None:
-                    progress.group_done(step)
-
-    async def _execute_async(self, on_group, start_step, previous, stored, progress) -> None:
-        changed: list[set[int]] = [set() for _ in self.problems]
-        # engines with a concurrency limit (openai) get requests lagging problems first, so the problems
-        # stay level and the run does not end with a few problems' last steps running alone
-        limit = getattr(self.engine, "max_concurrency", None)
-        gate = _PriorityGate(limit) if isinstance(limit, int) and limit > 0 else None
-
-        async def one(request: _Request) -> Generation | str:
-            if gate is None:
-                outcome = await self.agenerate(request)
-            else:
-                await gate.acquire(request.step)
-                try:
-                    outcome = await self.agenerate(request)
-                finally:
-                    gate.release()
-            if progress is not None:
-                progress.requests_done(1, outcome.num_tokens if isinstance(outcome, Generation) else 0)
-            return outcome
-
-        async def advance(pi: int, step: int) -> None:
-            members, requests = self.plan_group(step, pi, previous[pi], stored.get((step, pi)), changed[pi])
-            started = time.monotonic()
-            outcomes = await asyncio.gather(*(one(r) for r in requests))
-            population, changed[pi], tokens = self.finish_group(step, pi, members, requests, outcomes)
-            previous[pi] = population
-            on_group(GroupResult(step, pi, population, len(requests), tokens, started, time.monotonic()))
-            if progress is not None:
-                progress.group_done(step)
-
-        async def chain(pi: int) -> None:
-            for step in range(start_step, self.config.num_steps + 1):
-                await advance(pi, step)
-
-        try:
-            if self.schedule == "barrier":
-                for step in range(start_step, self.config.num_steps + 1):
-                    await asyncio.gather(*(advance(pi, step) for pi in range(len(self.problems))))
-            else:
-                await asyncio.gather(*(chain(pi) for pi in range(len(self.problems))))
-        finally:
-            await self.engine.aclose()
+        self.calls.failures.reset(min(MAX_FAILURES_IN_A_ROW, first))
+        groups = Groups(self, previous, stored or {}, report)
+        steps = range(start_step, self.config.num_steps + 1)
+        run_schedule(groups, self.calls, steps, self.config.schedule, progress)
 
     def run_step(self, step: int, previous: Sequence[Population] | None) -> StepResult:
         """Generate and score step `step` for every problem in one batched engine call (None at step 1)."""
-        if step > 1 and previous is None and self.config.method not in ("sample", "majority"):
-            raise ValueError(f"step {step} needs the previous step's populations")
         start = time.perf_counter()
+        generated: list[Population] = [[] for _ in self.problems]
+
+        def report(step, problem_index, population, *_) -> None:
+            generated[problem_index] = population
+
         prior = list(previous) if previous is not None else [None] * len(self.problems)
-        plans = [self.plan_group(step, pi, prior[pi]) for pi in range(len(self.problems))]
-        todo = [r for _, requests in plans for r in requests]
-        outcomes = self.generate_batch(todo)
-        generated: list[Population] = []
-        at = 0
-        for pi, (members, requests) in enumerate(plans):
-            mine, at = outcomes[at : at + len(requests)], at + len(requests)
-            generated.append(self.finish_group(step, pi, members, requests, mine)[0])
+        run_batched(Groups(self, prior, {}, report), self.calls, [step], None)
         return StepResult(
             step=step,
             generated=generated,
             tokens_generated=sum(m.num_tokens for p in generated for m in p),
             wall_time_s=time.perf_counter() - start,
-            truncated_candidates=sum(r.truncated for r in todo),
+            truncated_candidates=sum(m.truncated_parents for p in generated for m in p),
         )
 
     def run(self, previous: Sequence[Population] | None = None, start_step: int = 1) -> Iterator[StepResult]:
@@ -613,9 +369,9 @@ class RSALoop:
 def evaluated_population(method: str, history: Sequence[Sequence[Population]]) -> list[Population]:
     """What the metrics of the latest step in `history` look at, per problem.
 
-    The latest population, except for `majority`, whose step t is the pool of all samples so far.
+    The latest population, except for a pooled method (`majority`), whose step t is the pool of all samples so far.
     """
-    if method == "majority":
+    if METHOD_TABLE[method].pooled:
         return [[m for step in history for m in step[pi]] for pi in range(len(history[-1]))]
     return list(history[-1])
 

@@ -38,22 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rsa.fitting import ContextBudgetError, PromptFitter
+from rsa.seeds import KRange
 from rsa.tasks import Problem, get_task
 
 logger = logging.getLogger(__name__)
-
-
-def parse_k(spec: str | int, option: str = "on_policy_k") -> tuple[int, int]:
-    """`"3"` -> (3, 3), `"2-4"` -> (2, 4); ValueError naming `option` and the value otherwise."""
-    text = str(spec).strip()
-    try:
-        low, _, high = text.partition("-")
-        lo, hi = int(low), int(high or low)
-    except ValueError:
-        raise ValueError(f"{option} {spec!r}: expected an integer K or a range such as 2-4") from None
-    if lo < 2 or hi < lo:
-        raise ValueError(f"{option} {spec!r}: K must be >= 2 (and low <= high)")
-    return lo, hi
 
 
 def _unit(*parts) -> float:
@@ -96,7 +84,7 @@ class OnPolicyAggregation:
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"on_policy_aggregation must be in (0, 1], got {self.fraction}")
-        self.k_range = parse_k(self.k)
+        self.k_range = KRange.parse(self.k, minimum=2, option="on_policy_k")
         self._problems: dict[str, Problem] = {}
         for i, row in enumerate(self.rows):
             if row.get("kind") not in (None, "plain"):
@@ -132,8 +120,7 @@ class OnPolicyAggregation:
             problem = self._problems.get(_content(prompts[start]))
             if problem is None or _unit(self.seed, step, problem.question) >= self.fraction:
                 continue
-            lo, hi = self.k_range
-            k = lo + int(_unit(self.seed, step, "k", problem.question) * (hi - lo + 1))
+            k = self.k_range.pick(_unit(self.seed, step, "k", problem.question))
             plan.append(((start, end), problem, k))
         return plan
 

@@ -72,7 +72,7 @@ EXCLUDED = (
 )
 #: JSON files published as-is (vocabularies: their tokens are data, not paths); other JSON is path-scrubbed
 VERBATIM_JSON = ("tokenizer.json", "vocab.json", "merges.json")
-PROVENANCE_FILE = "rsa_training.json"  # written by rsa.training.ProvenanceCallback
+PROVENANCE_FILE = "rsa_training.json"  # written by rsa.grpo_setup.ProvenanceCallback
 CARD_TAGS = ["rsa", "recursive-self-aggregation", "aggregation-aware-rl", "grpo", "trl"]
 DATASET_TAGS = ["rsa", "recursive-self-aggregation", "aggregation-aware-rl", "grpo", "reasoning"]
 EVAL_TASK = ("text-generation", "Recursive self-aggregation (RSA)")

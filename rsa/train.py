@@ -9,7 +9,7 @@ Three ways in, one code path (`cli` parses, `main` trains):
 
 The arguments are TRL's: `--config recipe.yaml` plus any recipe option on the command line (underscored,
 `--max_steps 5`). The recipe, the batch arithmetic and what differs from the paper: train/grpo_agg.py's
-docstring and docs/TRAINING.md. The checks and building blocks live in `rsa.training`.
+docstring and docs/TRAINING.md. The checks and building blocks live in `rsa.grpo_setup`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from rsa.padding import install_padding_trim
-from rsa.training import (
+from rsa.grpo_setup import (
     CompletionLogger,
     ConfigError,
     GRPOAggConfig,
@@ -38,6 +37,7 @@ from rsa.training import (
     resolve_rewards,
     resume_checkpoint,
 )
+from rsa.padding import install_padding_trim
 from rsa.vllm_sync import close_colocated_engine, install_weight_sync
 
 logger = logging.getLogger("grpo_agg")

@@ -35,9 +35,9 @@ def main(model_dir: str, out: Path, steps: int) -> None:
     from trl.generation.vllm_generation import VLLMGeneration
 
     from rsa.data import load_problems
+    from rsa.grpo_setup import GRPOAggConfig, problems_to_rows
     from rsa.onpolicy import OnPolicyAggregation
     from rsa.rewards import get_reward
-    from rsa.training import GRPOAggConfig, problems_to_rows
 
     rows = problems_to_rows(load_problems("rg:basic_arithmetic", size=8, seed=0))
     args = GRPOAggConfig(output_dir=str(out / "trainer"), use_cpu=True, bf16=False, num_generations=2,

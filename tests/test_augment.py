@@ -25,7 +25,6 @@ from rsa.augment import (
     DATASET_FILE,
     Balance,
     CandidateConfig,
-    KRange,
     LengthBudget,
     MixConfig,
     apportion,
@@ -38,6 +37,7 @@ from rsa.cli import main as rsa_main
 from rsa.data import generate_reasoning_gym
 from rsa.fitting import TRUNCATION_MARKER
 from rsa.rewards import reward_task
+from rsa.seeds import KRange
 from rsa.tasks import Problem
 
 FORMAT_COLUMNS = [

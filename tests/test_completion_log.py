@@ -1,4 +1,4 @@
-"""The completion log (rsa.training.CompletionLogger): prompts written once, reward failures stop every process."""
+"""The completion log (rsa.grpo_setup.CompletionLogger): prompts written once, reward failures stop every process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rsa.training import CompletionLogger, read_completions
+from rsa.grpo_setup import CompletionLogger, read_completions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,6 @@ def test_a_reward_failing_on_one_process_stops_every_process_with_its_error(tiny
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     for rank in (0, 1):
-        assert f"[rank{rank}]: rsa.training.RewardError: reward function failed, stopping every process: process 1: " \
+        assert f"[rank{rank}]: rsa.grpo_setup.RewardError: reward function failed, stopping every process: process 1: " \
                "reward_fails_on_process_1: ZeroDivisionError: injected reward fault" in result.stderr, \
             result.stderr[-4000:]  # fmt: skip

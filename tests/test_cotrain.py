@@ -18,7 +18,8 @@ from rsa.cotrain import (
     coverage_contributions,
     half_relative_rewards,
 )
-from rsa.training import ConfigError, read_completions
+from rsa.grpo_setup import ConfigError, read_completions
+from rsa.seeds import KRange
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -68,7 +69,7 @@ def test_half_relative_rewards_centre_each_half_and_leave_other_rows():
 
 
 def test_settings_that_cannot_build_co_trained_groups_are_errors(tiny_model_dir, tmp_path):
-    assert check_cotrained(0.5, "2-3", 6, 12) == (2, 3)
+    assert check_cotrained(0.5, "2-3", 6, 12) == KRange(2, 3)
     for args, message in [
         ((0.0, 2, 4, 4), "cotrained_aggregation must be in"),
         ((0.5, "1", 4, 4), "cotrained_k '1'"),
@@ -134,8 +135,8 @@ def check_aggregation_rows(lines: list[dict]) -> None:
 
 def check_trained_rewards(lines: list[dict]) -> None:
     """The logged (trained) rewards are the half-relative transform of the raw rewards of the logged completions."""
+    from rsa.grpo_setup import reward_length_shaping
     from rsa.rewards import reward_task
-    from rsa.training import reward_length_shaping
 
     for group in _groups(lines):
         completions = [row["completion"] for row in group]
@@ -185,7 +186,7 @@ def test_every_batch_makes_two_generation_calls_even_without_a_co_trained_group(
     from trl import GRPOConfig, GRPOTrainer
 
     from rsa.cotrain import cotrained_reward
-    from rsa.training import reward_length_shaping
+    from rsa.grpo_setup import reward_length_shaping
 
     rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "task": "math", "answer": str(2 * i)}
             for i in range(8)]  # fmt: skip

@@ -70,7 +70,7 @@ def training_flags() -> set[str]:
     """Options of the training entry (its TrlParser dataclasses), dashed and underscored."""
     from trl import ModelConfig
 
-    from rsa.training import GRPOAggConfig, GRPOAggScriptArguments
+    from rsa.grpo_setup import GRPOAggConfig, GRPOAggScriptArguments
 
     names = set()
     for cls in (GRPOAggScriptArguments, GRPOAggConfig, ModelConfig):

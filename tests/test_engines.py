@@ -11,7 +11,7 @@ import time
 import pytest
 from fault_server import FaultServer
 
-from rsa.engines import EngineError, Generation, SamplingParams, make_engine, request_seeds, split_reasoning
+from rsa.engines import EngineError, Generation, SamplingParams, batch_seeds, make_engine, split_reasoning
 
 
 def conversations(n: int) -> list[list[dict[str, str]]]:
@@ -20,13 +20,13 @@ def conversations(n: int) -> list[list[dict[str, str]]]:
 
 
 # ----- shared pieces of the interface ---------------------------------------------------------------------------
-def test_request_seeds():
+def test_batch_seeds():
     params = SamplingParams(seed=10)
-    assert request_seeds(3, params, None) == [10, 11, 12]
-    assert request_seeds(2, params, [5, 7]) == [5, 7]
-    assert request_seeds(2, SamplingParams(), None) == [None, None]
+    assert batch_seeds(3, params, None) == [10, 11, 12]
+    assert batch_seeds(2, params, [5, 7]) == [5, 7]
+    assert batch_seeds(2, SamplingParams(), None) == [None, None]
     with pytest.raises(ValueError, match="2 seeds for 3 conversations"):
-        request_seeds(3, params, [1, 2])
+        batch_seeds(3, params, [1, 2])
 
 
 def test_sampling_params_are_validated():

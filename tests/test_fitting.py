@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError, PromptBuilder, PromptFitter, equal_share_caps
+from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError, PromptFitter, equal_share_caps
 from rsa.loop import Member
+from rsa.prompts import PromptBuilder
 from rsa.tasks import Problem, get_task
 
 

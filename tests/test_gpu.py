@@ -61,7 +61,7 @@ def _finished(out: Path) -> tuple[dict, list[dict]]:
 
 
 def _completions(out: Path) -> list[dict]:
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     return read_completions(out / "completions.jsonl")
 

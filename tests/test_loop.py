@@ -9,18 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from rsa.loop import (
-    TRUNCATION_MARKER,
-    ContextBudgetError,
-    LoopConfig,
-    Member,
-    RSALoop,
-    draw_aggregation_sets,
-    evaluated_population,
-    final_answers,
-    request_seed,
-    subset_rng,
-)
+from rsa.fitting import TRUNCATION_MARKER, ContextBudgetError
+from rsa.loop import LoopConfig, Member, RSALoop, evaluated_population, final_answers
+from rsa.seeds import draw_aggregation_sets, request_seed, subset_rng
 from rsa.tasks import Problem, get_task
 
 
@@ -35,7 +26,7 @@ def run_all(loop: RSALoop) -> list:
 # ----- subset sampling ----------------------------------------------------------------------------------------
 def test_aggregation_sets_without_replacement_and_uniform():
     population, k, draws = 8, 3, 20000
-    sets = draw_aggregation_sets(np.random.default_rng(0), population, draws, k)
+    sets = np.array(draw_aggregation_sets(np.random.default_rng(0), population, draws, k))
     assert sets.shape == (draws, k)
     assert all(len(set(row)) == k for row in sets.tolist())  # without replacement within a set
     assert sets.min() >= 0 and sets.max() < population
@@ -56,7 +47,7 @@ def test_aggregation_sets_without_replacement_and_uniform():
 def test_aggregation_sets_are_independent_across_slots():
     # with N=2, K=1 the two slots' picks agree half of the time when sets are drawn independently
     agree = sum(
-        int(s[0, 0] == s[1, 0])
+        int(s[0][0] == s[1][0])
         for s in (draw_aggregation_sets(subset_rng(7, 2, p), 2, 2, 1) for p in range(4000))  # new rng per problem
     )
     assert abs(agree / 4000 - 0.5) < 0.04

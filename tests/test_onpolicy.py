@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rsa.onpolicy import OnPolicyAggregation, parse_k
-from rsa.training import ConfigError
+from rsa.grpo_setup import ConfigError
+from rsa.onpolicy import OnPolicyAggregation
+from rsa.seeds import KRange
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "recipes" / "cpu_smoke.yaml"
@@ -22,16 +23,16 @@ SCRIPT = REPO / "train" / "grpo_agg.py"
 def _parse(argv):
     from trl import ModelConfig, TrlParser
 
-    from rsa.training import GRPOAggConfig, GRPOAggScriptArguments
+    from rsa.grpo_setup import GRPOAggConfig, GRPOAggScriptArguments
 
     return TrlParser((GRPOAggScriptArguments, GRPOAggConfig, ModelConfig)).parse_args_and_config([str(a) for a in argv])
 
 
 def test_k_and_fraction_are_checked():
-    assert parse_k("3") == (3, 3) and parse_k("2-4") == (2, 4)
+    assert KRange.parse("3", minimum=2) == KRange(3, 3) and KRange.parse("2-4", minimum=2) == KRange(2, 4)
     for bad in ("1", "x", "4-2"):
         with pytest.raises(ValueError, match="on_policy_k"):
-            parse_k(bad)
+            KRange.parse(bad, minimum=2, option="on_policy_k")
     rows = [{"prompt": [{"role": "user", "content": "Add: 1+2"}], "task": "toy", "answer": "3", "kind": "plain"}]
     with pytest.raises(ValueError, match="on_policy_aggregation"):
         OnPolicyAggregation(rows, fraction=0.0)
@@ -55,7 +56,7 @@ def test_on_policy_rollouts_train_on_aggregation_prompts_of_the_current_policy(t
     argv = ["--config", SMOKE, "--model_name_or_path", tiny_model_dir, "--output_dir", out, "--max_steps", "2",
             "--on_policy_aggregation", "1.0", "--on_policy_k", "2", "--save_strategy", "no"]  # fmt: skip
     grpo_agg.main(*_parse(argv))
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     assert len(lines) == 2 * 4 and {x["kind"] for x in lines} == {"aggregate"}
@@ -143,7 +144,7 @@ def test_on_policy_zero3_two_processes_with_a_step_where_one_process_has_no_grou
     for rank in (0, 1):
         assert (tmp_path / f"gathers.{rank}").read_text().split() == ["1"] * 4, rank
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     kinds: dict[tuple[int, int], set] = {}
@@ -175,7 +176,7 @@ def test_on_policy_vllm_colocate_two_processes_fits_prompts_to_the_engine_length
     assert state["global_step"] == 4
     logs = [h for h in state["log_history"] if "loss" in h]
     assert sum(h["onpolicy/truncated_candidates"] for h in logs) > 0
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     kinds: dict[tuple[int, int], set] = {}

@@ -39,7 +39,7 @@ def test_trimmed_passes_give_trl_log_probs_and_entropies(tiny_model_dir, tmp_pat
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from rsa.training import reward_length_shaping
+    from rsa.grpo_setup import reward_length_shaping
 
     args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=2,
                       per_device_train_batch_size=2, report_to=[], max_completion_length=8)  # fmt: skip

@@ -128,7 +128,7 @@ def fake_run(path: Path, model: str, dataset: str = "aime25") -> Path:
 
 
 def training_record(model: str, tmp_path: Path) -> dict:
-    """An `rsa_training.json` as rsa.training.provenance writes it, with the publisher's absolute paths in it."""
+    """An `rsa_training.json` as rsa.grpo_setup.provenance writes it, with the publisher's absolute paths in it."""
     return {
         "script_args": {"dataset_files": [str(tmp_path / "data" / "agg" / "train.parquet")], "dataset_name": None,
                         "problems": "aime25", "reward_funcs": ["task"]},

@@ -28,7 +28,7 @@ import pytest
 
 from rsa.sandbox import Limits, Sandbox, SandboxError, TestSuite, clean_leftovers, result_matches, stdout_matches
 from rsa.sandbox.harness import MEMORY_EXIT, NO_RESULT_EXIT, verdict
-from rsa.sandbox.runner import UID_BASE, UID_COUNT
+from rsa.sandbox.isolation import UID_BASE, UID_COUNT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AS_ROOT = os.geteuid() == 0

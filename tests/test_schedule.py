@@ -20,8 +20,9 @@ from fault_server import FaultServer
 from test_runs import records
 
 from rsa.evaluate import evaluate
-from rsa.loop import LoopConfig, request_seed
+from rsa.loop import LoopConfig
 from rsa.runs import METRICS, RunDirectory, build_manifest
+from rsa.seeds import request_seed
 from rsa.tasks import Problem
 
 REPO = Path(__file__).resolve().parents[1]

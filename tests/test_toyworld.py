@@ -129,7 +129,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
         model = out / "models" / f"{arm}-t0"
         assert (model / "model.safetensors").is_file()
         assert "model saved to" in (model / "train.log").read_text()
-        from rsa.training import read_completions
+        from rsa.grpo_setup import read_completions
 
         logged = read_completions(model / "completions.jsonl")
         assert {row.get("kind") for row in logged} == kinds, arm

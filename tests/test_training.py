@@ -1,4 +1,4 @@
-"""Aggregation-aware GRPO training (train/grpo_agg.py, rsa.training), with real TRL.
+"""Aggregation-aware GRPO training (train/grpo_agg.py, rsa.grpo_setup), with real TRL.
 
 Everything runs on the offline tiny model. The heavy tests (marked slow) train for real: the smoke recipe
 in-process (parameters change; resume continues the step count; LoRA), two-process gloo DDP and DeepSpeed
@@ -74,7 +74,7 @@ def write_parquet(rows: list[dict], path: Path) -> Path:
 def parse(argv: list[str]):
     from trl import ModelConfig, TrlParser
 
-    from rsa.training import GRPOAggConfig, GRPOAggScriptArguments
+    from rsa.grpo_setup import GRPOAggConfig, GRPOAggScriptArguments
 
     return TrlParser((GRPOAggScriptArguments, GRPOAggConfig, ModelConfig)).parse_args_and_config([str(a) for a in argv])
 
@@ -100,7 +100,7 @@ def rows_file(tmp_path_factory) -> Path:
 
 # ----- configuration and validation (no model weights are ever loaded here) ------------------------------------
 def test_recipes_parse_with_the_paper_settings():
-    from rsa.training import resolve_rewards
+    from rsa.grpo_setup import resolve_rewards
 
     for recipe in RECIPES:
         script, args, model = parse(["--config", recipe, "--use_cpu", "true", "--bf16", "false"])
@@ -145,7 +145,7 @@ def test_recipes_default_tracker_is_installed():
 
 
 def test_batch_not_divisible_by_num_generations_says_what_to_change(tmp_path):
-    from rsa.training import ConfigError
+    from rsa.grpo_setup import ConfigError
 
     with pytest.raises(ConfigError, match="Set per_device_train_batch_size to a multiple of 2"):
         parse(smoke_argv("m", tmp_path, "--per_device_train_batch_size", "3"))
@@ -156,7 +156,7 @@ def test_batch_not_divisible_by_num_generations_says_what_to_change(tmp_path):
 
 
 def test_script_argument_errors(tmp_path):
-    from rsa.training import ConfigError, GRPOAggScriptArguments, check_recipe_file
+    from rsa.grpo_setup import ConfigError, GRPOAggScriptArguments, check_recipe_file
 
     with pytest.raises(ConfigError, match="no training data"):
         GRPOAggScriptArguments()
@@ -179,7 +179,7 @@ def test_script_argument_errors(tmp_path):
     ],
 )
 def test_validation_errors_come_before_the_model_loads(weightless_model, rows_file, tmp_path, extra, message):
-    from rsa.training import ConfigError
+    from rsa.grpo_setup import ConfigError
 
     grpo_agg = _load_script()
     args = parse(smoke_argv(weightless_model, tmp_path / "out", "--dataset_files", rows_file, *extra))
@@ -188,7 +188,7 @@ def test_validation_errors_come_before_the_model_loads(weightless_model, rows_fi
 
 
 def test_rows_missing_reward_fields_are_named(weightless_model, tmp_path):
-    from rsa.training import ConfigError
+    from rsa.grpo_setup import ConfigError
 
     grpo_agg = _load_script()
     rows = training_rows(2)
@@ -206,7 +206,7 @@ def test_rows_missing_reward_fields_are_named(weightless_model, tmp_path):
 def test_dataset_mixing_kinds_and_overflow(tiny_model_dir, rows_file):
     from transformers import AutoTokenizer
 
-    from rsa.training import GRPOAggScriptArguments, check_prompt_lengths, load_training_dataset, prompt_lengths
+    from rsa.grpo_setup import GRPOAggScriptArguments, check_prompt_lengths, load_training_dataset, prompt_lengths
 
     args = GRPOAggScriptArguments(dataset_files=[str(rows_file)], problems="rg:spell_backward", problems_size=3)
     mixed = load_training_dataset(args)
@@ -223,8 +223,8 @@ def test_dataset_mixing_kinds_and_overflow(tiny_model_dir, rows_file):
 
 
 def test_completion_logger_writes_one_line_per_completion(tmp_path):
+    from rsa.grpo_setup import CompletionLogger, reward_length_shaping
     from rsa.rewards import reward_task
-    from rsa.training import CompletionLogger, reward_length_shaping
 
     log = tmp_path / "c.jsonl"
     funcs = CompletionLogger(log, [1.0, 0.5]).wrap([reward_task, reward_length_shaping])
@@ -264,7 +264,7 @@ def test_smoke_recipe_trains_for_real(trained, tiny_model_dir):
     before, after = _weights(tiny_model_dir), _weights(trained / "checkpoint-2")
     changed = [k for k in before if not before[k].equal(after[k])]
     assert changed, "two GRPO steps left every parameter unchanged"
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(trained / "completions.jsonl")
     assert len(lines) == 2 * 4 and {x["step"] for x in lines} == {0, 1}
@@ -286,7 +286,7 @@ def test_resume_continues_the_step_count(trained, tiny_model_dir, rows_file, tmp
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     # the first 8 lines are the original run's; resuming ran only the third step (generated at global step 2)
@@ -380,7 +380,7 @@ def _accelerate(tmp_path, launch_args: list[str], model_dir: str, rows: Path, en
 
 
 def _check_two_ranks(out: Path) -> dict:
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     # 2 processes x 4 completions x 2 steps, gathered and written once by rank 0

@@ -35,7 +35,7 @@ from trl import GRPOConfig, GRPOTrainer
 from vllm import SamplingParams
 from rsa.rewards import get_reward
 from rsa.vllm_sync import install_weight_sync
-from rsa.training import reward_length_shaping
+from rsa.grpo_setup import reward_length_shaping
 
 model_dir, out_dir = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(model_dir)
@@ -124,7 +124,7 @@ def test_grpo_with_vllm_colocate_on_plain_and_aggregation_rows(tiny_model_dir, t
     # vLLM's sampling logprobs are compared with the trainer's: a stale engine would drift away
     diffs = [h["sampling/sampling_logp_difference/mean"] for h in state["log_history"] if "loss" in h]
     assert len(diffs) == 2 and max(diffs) < 0.05, diffs
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     kinds = {row["kind"] for row in read_completions(out / "completions.jsonl")}
     assert kinds == {"plain", "aggregate"}
@@ -139,7 +139,7 @@ def test_on_policy_aggregation_with_vllm_colocate(tiny_model_dir, tmp_path):
     _, out, state = _two_colocate_steps(
         tiny_model_dir, tmp_path, "--on_policy_aggregation", "1.0", "--on_policy_k", "2", "--save_strategy", "no"
     )
-    from rsa.training import read_completions
+    from rsa.grpo_setup import read_completions
 
     lines = read_completions(out / "completions.jsonl")
     assert lines and {line["kind"] for line in lines} == {"aggregate"}

@@ -11,7 +11,7 @@ CPU smoke run (tiny model built offline first: `rsa tiny-model --out .cache/tiny
 
 The same entry without a checkout: `rsa train ...` or `python -m rsa.train ...` (or `accelerate launch ...
 -m rsa.train ...`). This file only parses the arguments; the training logic is `rsa.train.main` and the
-checks it runs are in `rsa.training`. Any recipe option can be overridden on the command line
+checks it runs are in `rsa.grpo_setup`. Any recipe option can be overridden on the command line
 (`--max_steps 5`). Multi-node with a vLLM server node: launch/multi_node.sh; SLURM: launch/slurm/; details
 and batch arithmetic: docs/TRAINING.md.
 

@@ -6,7 +6,7 @@ The paper's data augmentation (and AggLM's balanced variant), as a resumable bui
    length budget (`prompt + max completion <= max model length`, counted with the training model's
    tokenizer and chat template).
 2. Sample M candidates per problem from the reference policy (temperature 1.0 by default), in shards: one
-   `engine.generate` call per shard of problems, one seed per request (`rsa.loop.request_seed(seed, 1,
+   `engine.generate` call per shard of problems, one seed per request (`rsa.seeds.request_seed(seed, 1,
    problem_index, j)`, so the candidates are the step-1 population an `rsa eval` run with the same seed,
    engine and problem order would draw). Every candidate is scored by its task's scorer. Each shard is
    written atomically to `OUT/candidates/shard_NNNNN.jsonl`; `OUT/manifest.json` records the configuration.
@@ -56,7 +56,6 @@ from rsa.augment.config import (
     SHORTFALL_MODES,
     Balance,
     CandidateConfig,
-    KRange,
     MixConfig,
     check_gold_answers,
     check_k_fits,
@@ -72,7 +71,6 @@ from rsa.augment.sets import (
     CandidateSet,
     apportion,
     cluster_labels,
-    draw_sets,
     majority_is_correct,
     select_sets,
     set_class,
@@ -97,7 +95,6 @@ __all__ = [
     "CandidateStore",
     "DATASET_FILE",
     "ImportReport",
-    "KRange",
     "LengthBudget",
     "MANIFEST",
     "MANIFEST_FORMAT",
@@ -117,7 +114,6 @@ __all__ = [
     "dataset_schema",
     "default_max_model_len",
     "detect_aggregation",
-    "draw_sets",
     "format_histogram",
     "import_verl",
     "majority_is_correct",

@@ -13,9 +13,10 @@ import numpy as np
 from rsa.augment.budget import LengthBudget, format_histogram
 from rsa.augment.candidates import Candidate
 from rsa.augment.config import CLASSES, POOL_FACTOR, MixConfig, check_gold_answers, check_k_fits
-from rsa.augment.sets import CandidateSet, cluster_labels, draw_sets, majority_is_correct, select_sets, set_class
+from rsa.augment.sets import CandidateSet, cluster_labels, majority_is_correct, select_sets, set_class
 from rsa.fitting import ContextBudgetError
 from rsa.rows import problem_to_row
+from rsa.seeds import draw_aggregation_sets
 from rsa.tasks import Problem, Task, get_task
 from rsa.types import Conversation
 
@@ -197,7 +198,8 @@ def _aggregate_rows(
     offsets = np.cumsum([0] + [len(found) for found in candidates]).tolist()
     for pi, (problem, task, found) in enumerate(zip(problems, tasks, candidates)):
         labels = cluster_labels(problem, found)
-        sets, _ = draw_sets(np.random.default_rng([mix.seed % 2**63, 0x5E7, pi]), len(found), mix.k, pool_size)
+        drawing = np.random.default_rng([mix.seed % 2**63, 0x5E7, pi])
+        sets = draw_aggregation_sets(drawing, len(found), pool_size, mix.k, distinct=True)
         pool = []
         for chosen in sets:
             tokens = fitter.scaffold_tokens(task, problem, len(chosen)) + sum(counts[offsets[pi] + m] for m in chosen)

@@ -13,8 +13,8 @@ from typing import Any
 from rsa.augment.config import CANDIDATES_DIR, MANIFEST, MANIFEST_FORMAT, CandidateConfig, MixConfig
 from rsa.engines.base import Engine
 from rsa.jsonl import read_jsonl, read_records, write_json_atomic, write_jsonl_atomic
-from rsa.loop import request_seed
 from rsa.provenance import manifest_differences, package_versions, problems_digest
+from rsa.seeds import request_seed
 from rsa.tasks import CORRECT_SCORE, Problem, get_task
 from rsa.tasks.base import PROMPT_VERSION
 

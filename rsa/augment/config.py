@@ -1,14 +1,14 @@
-"""`rsa augment` settings: file names, set classes, `KRange`, `Balance`, `CandidateConfig`, `MixConfig`, checks."""
+"""`rsa augment` settings: file names, set classes, `Balance`, `CandidateConfig`, `MixConfig`, checks."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rsa.engines.base import SamplingParams
+from rsa.seeds import KRange
 from rsa.tasks import Problem
 
 CLASSES = ("easy", "hard", "all_wrong")
@@ -37,35 +37,6 @@ OPERATIONAL_ENGINE_OPTIONS = frozenset(
         "timeout",
     }
 )
-
-
-@dataclass(frozen=True)
-class KRange:
-    """Candidates per aggregation prompt: fixed (`low == high`) or drawn uniformly from `low..high`."""
-
-    low: int
-    high: int
-
-    def __post_init__(self) -> None:
-        if self.low < 1 or self.high < self.low:
-            raise ValueError(f"K range {self.low}-{self.high} is invalid: need 1 <= low <= high")
-
-    @classmethod
-    def parse(cls, value: int | str | KRange) -> KRange:
-        """A KRange from 4, "4" or "2-4"; ValueError naming the value otherwise."""
-        if isinstance(value, KRange):
-            return value
-        if isinstance(value, int):
-            return cls(value, value)
-        text = str(value).strip()
-        match = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", text)
-        if not match:
-            raise ValueError(f"K {value!r}: expected a number like 4 or a range like 2-4")
-        low = int(match.group(1))
-        return cls(low, int(match.group(2)) if match.group(2) else low)
-
-    def __str__(self) -> str:
-        return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Candidate sets: drawing distinct sets, AggLM classes (easy / hard / all_wrong), balanced selection."""
+"""Candidate sets: AggLM classes (easy / hard / all_wrong) and balanced selection (drawing: `rsa.seeds`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 
 from rsa.augment.candidates import Candidate
-from rsa.augment.config import CLASSES, Balance, KRange
+from rsa.augment.config import CLASSES, Balance
 from rsa.tasks import Problem, get_task
 
 logger = logging.getLogger(__name__)
@@ -61,30 +60,6 @@ def majority_is_correct(members: Sequence[int], labels: Sequence[int | None], ca
         return False
     best = max(counts, key=lambda label: (counts[label], -members.index(first[label])))
     return candidates[first[best]].correct
-
-
-def draw_sets(
-    rng: np.random.Generator, num_candidates: int, k: KRange, wanted: int
-) -> tuple[list[tuple[int, ...]], bool]:
-    """Up to `wanted` distinct candidate sets (distinct as sets), each K distinct candidates in random order.
-
-    Returns the sets and whether fewer distinct sets exist than wanted. When they are few, all are
-    enumerated; otherwise they are drawn at random (K uniform in the range).
-    """
-    sizes = range(k.low, k.high + 1)
-    distinct = sum(math.comb(num_candidates, s) for s in sizes)
-    if distinct <= wanted:
-        every = [c for s in sizes for c in combinations(range(num_candidates), s)]
-        order = rng.permutation(len(every))
-        return [tuple(int(x) for x in rng.permutation(every[i])) for i in order], distinct < wanted
-    found: dict[frozenset, tuple[int, ...]] = {}
-    for _ in range(wanted * 20):
-        size = int(rng.integers(k.low, k.high + 1))
-        members = tuple(int(x) for x in rng.permutation(num_candidates)[:size])
-        found.setdefault(frozenset(members), members)
-        if len(found) == wanted:
-            break
-    return list(found.values()), len(found) < wanted
 
 
 def apportion(total: int, targets: Mapping[str, float]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from rsa.engines.base import (
     EngineError,
     Generation,
     SamplingParams,
-    request_seeds,
+    batch_seeds,
     split_reasoning,
 )
 
@@ -43,7 +43,7 @@ __all__ = [
     "SamplingParams",
     "engine_names",
     "make_engine",
-    "request_seeds",
+    "batch_seeds",
     "split_reasoning",
 ]
 

@@ -6,7 +6,7 @@ async path (`supports_async`: openai, vllm) also take requests one at a time whi
 the batched call.
 
 Seeds: request i is sampled with `seeds[i]` when `seeds` is given, else with `params.seed + i` when
-`params.seed` is set, else unseeded (see `request_seeds`). What a seed guarantees differs by engine
+`params.seed` is set, else unseeded (see `batch_seeds`). What a seed guarantees differs by engine
 and is stated in each engine's docstring.
 
 Thinking models: `reasoning` selects what happens to the reasoning part of a completion (the text
@@ -104,8 +104,8 @@ class Engine(ABC):
         self.close()
 
 
-def request_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None) -> list[int | None]:
-    """Per-request seeds: `seeds` itself, else `params.seed + i`, else None for every request."""
+def batch_seeds(n: int, params: SamplingParams, seeds: Sequence[int] | None) -> list[int | None]:
+    """The per-request seed list of a batch call: `seeds` itself, else `params.seed + i`, else None for every request."""
     if seeds is not None:
         if len(seeds) != n:
             raise ValueError(f"got {len(seeds)} seeds for {n} conversations; pass one seed per conversation")

@@ -31,8 +31,8 @@ from rsa.engines.base import (
     Engine,
     Generation,
     SamplingParams,
+    batch_seeds,
     check_reasoning_mode,
-    request_seeds,
     split_reasoning,
 )
 from rsa.types import Conversation
@@ -174,7 +174,7 @@ class HFEngine(Engine):
         seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         """One completion per conversation, in order; see the module docstring for the seed guarantee."""
-        per_request = request_seeds(len(conversations), params, seeds)
+        per_request = batch_seeds(len(conversations), params, seeds)
         per_request = [s if s is not None else _SYSTEM_RANDOM.randrange(2**63) for s in per_request]
         prompts = [self.encode_prompt(c) for c in conversations]
         limits = []

@@ -42,9 +42,9 @@ from rsa.engines.base import (
     EngineError,
     Generation,
     SamplingParams,
+    batch_seeds,
     check_reasoning_mode,
     merge_reasoning,
-    request_seeds,
 )
 from rsa.types import Conversation
 
@@ -219,7 +219,7 @@ class OpenAIEngine(Engine):
         """Async `generate`: all requests concurrently (at most `max_concurrency` in flight)."""
         import httpx
 
-        per_request = request_seeds(len(conversations), params, seeds)
+        per_request = batch_seeds(len(conversations), params, seeds)
         if not conversations:
             return []
         max_tokens = self._max_tokens(conversations, params)

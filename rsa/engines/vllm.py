@@ -36,8 +36,8 @@ from rsa.engines.base import (
     EngineError,
     Generation,
     SamplingParams,
+    batch_seeds,
     check_reasoning_mode,
-    request_seeds,
     split_reasoning,
 )
 from rsa.types import Conversation
@@ -182,7 +182,7 @@ class VLLMEngine(Engine):
         seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         """One completion per conversation, in order, from a single `LLM.generate` call."""
-        per_request = request_seeds(len(conversations), params, seeds)
+        per_request = batch_seeds(len(conversations), params, seeds)
         prompts = self.encode_prompts(conversations)
         for i, ids in enumerate(prompts):
             if len(ids) >= self._max_model_len:

@@ -52,23 +52,18 @@ In "rlimits" mode there is NO file-system, network or PID isolation: the program
 network connections and write to world-writable places such as the host /tmp and /dev/shm; run as the caller's uid
 (non-root fallback) it can also signal the caller. Use that mode only for trusted code.
 
-Layout: `runner` (host side: everything re-exported below), `harness` (the trusted script run inside the sandbox; stdlib
-only, read through `importlib.resources` and never imported by the grading process at run time).
+Layout (each module's docstring says what it owns; the public names are re-exported below): `isolation` (host
+side: the bwrap command and namespaces, the view from an empty root, the scrubbed environment, the sandbox uid,
+`Limits`), `grading` (host side: `TestSuite`, `RunResult`, output comparison), `cleanup` (host side: run folders
+and the removal of those left by killed graders), `runner` (host side: the `Sandbox`, mode selection and the run
+loop), `harness` (the trusted script run inside the sandbox; stdlib only, read through `importlib.resources` and
+never imported by the grading process at run time).
 """
 
-from rsa.sandbox.runner import (
-    Limits,
-    RunResult,
-    Sandbox,
-    SandboxError,
-    TestOutcome,
-    TestSuite,
-    clean_leftovers,
-    default_sandbox,
-    hide_from_programs,
-    result_matches,
-    stdout_matches,
-)
+from rsa.sandbox.cleanup import clean_leftovers
+from rsa.sandbox.grading import RunResult, TestOutcome, TestSuite, result_matches, stdout_matches
+from rsa.sandbox.isolation import Limits, SandboxError, hide_from_programs
+from rsa.sandbox.runner import Sandbox, default_sandbox
 
 __all__ = [
     "Limits",

@@ -245,12 +245,12 @@ def arm_data(arm: str, train_file: Path, agg_file: Path, config: ToyWorldConfig)
                 "--on_policy_k", config.k]  # fmt: skip
     if arm == "cotrained":
         from rsa.cotrain import half_sizes
-        from rsa.onpolicy import parse_k
+        from rsa.seeds import KRange
 
-        (lo, hi), plain = parse_k(config.k), half_sizes(config.num_generations)[0]
+        k, plain = KRange.parse(config.k, minimum=2), half_sizes(config.num_generations)[0]
         share = min(1.0, 2 * config.aggregate_fraction)
         return ["--problems", str(train_file.resolve()), "--cotrained_aggregation", str(share),
-                "--cotrained_k", f"{min(lo, plain)}-{min(hi, plain)}"]  # fmt: skip
+                "--cotrained_k", f"{min(k.low, plain)}-{min(k.high, plain)}"]  # fmt: skip
     raise ValueError(f"unknown toy-world arm {arm!r}; use one of {TRAINED_ARMS}")
 
 

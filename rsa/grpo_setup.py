@@ -1,7 +1,9 @@
-"""Aggregation-aware GRPO training: configs, dataset loading, validation, completion logging, provenance.
+"""The parts an aggregation-aware GRPO run is set up from: configs, dataset loading, validation, rewards, resume,
+completion logging, provenance.
 
-The library side of `train/grpo_agg.py` (which stays a thin TRL entry). Everything here that can go wrong
-with a recipe is checked before a model is loaded, and every error says which setting to change:
+The training entry that assembles them is `rsa.train.main` (run by `python -m rsa.train`, `rsa train` and the thin
+`train/grpo_agg.py`); this module only provides the parts. Everything here that can go wrong with a recipe is
+checked before a model is loaded, and every error says which setting to change:
 
 - `GRPOAggScriptArguments`: where the training rows come from, which rewards, logging and resume options.
 - `GRPOAggConfig`: TRL's `GRPOConfig` plus a generation-batch check whose error names the fix.
@@ -155,10 +157,10 @@ class GRPOAggScriptArguments(ScriptArguments):
         if not 0.0 <= self.on_policy_aggregation <= 1.0:
             raise ConfigError(f"on_policy_aggregation must be in [0, 1], got {self.on_policy_aggregation}")
         if self.on_policy_aggregation:
-            from rsa.onpolicy import parse_k
+            from rsa.seeds import KRange
 
             try:
-                parse_k(self.on_policy_k)
+                KRange.parse(self.on_policy_k, minimum=2, option="on_policy_k")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if not 0.0 <= self.cotrained_aggregation <= 1.0:
@@ -166,10 +168,10 @@ class GRPOAggScriptArguments(ScriptArguments):
         if self.cotrained_aggregation and self.on_policy_aggregation:
             raise ConfigError("on_policy_aggregation and cotrained_aggregation are exclusive; set one of them to 0")
         if self.cotrained_aggregation:
-            from rsa.onpolicy import parse_k
+            from rsa.seeds import KRange
 
             try:
-                parse_k(self.cotrained_k, "cotrained_k")
+                KRange.parse(self.cotrained_k, minimum=2, option="cotrained_k")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if not self.reward_funcs:
