@@ -59,10 +59,14 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
-recipe="${1:?usage: VLLM_HOST=h0 TRAIN_HOSTS='h1 h2' $0 RECIPE [recipe overrides ...]}"
+# bad settings exit 2 (as documented above), each with one line naming the setting; bash's own ${VAR:?} exits 1
+bad_setting() { echo "multi_node.sh: $*" >&2; exit 2; }
+[ $# -ge 1 ] || bad_setting "usage: VLLM_HOST=h0 TRAIN_HOSTS='h1 h2' $0 RECIPE [recipe overrides ...]"
+recipe="$1"
 shift
-: "${VLLM_HOST:?set VLLM_HOST, the node that runs the vLLM server}"
-: "${TRAIN_HOSTS:?set TRAIN_HOSTS, the space-separated training nodes}"
+[ -n "${VLLM_HOST:-}" ] || bad_setting "set VLLM_HOST, the node that runs the vLLM server"
+train_hosts_set="${TRAIN_HOSTS:-}"
+[ -n "${train_hosts_set// /}" ] || bad_setting "set TRAIN_HOSTS, the space-separated training nodes"
 launcher="${LAUNCHER:-ssh}"
 gpus="${GPUS_PER_NODE:-8}"
 vllm_tp="${VLLM_TP:-$gpus}"
@@ -87,8 +91,8 @@ read -r -a train_hosts <<< "$TRAIN_HOSTS"
 num_nodes=${#train_hosts[@]}
 num_processes=$((num_nodes * gpus))
 
-[ -f "$recipe" ] || { echo "recipe $recipe not found" >&2; exit 2; }
-case "$launcher" in ssh|srun|local) ;; *) echo "LAUNCHER must be ssh, srun or local, got $launcher" >&2; exit 2 ;; esac
+[ -f "$recipe" ] || bad_setting "recipe $recipe not found"
+case "$launcher" in ssh|srun|local) ;; *) bad_setting "LAUNCHER must be ssh, srun or local, got $launcher" ;; esac
 if (( completions % (per_device * num_processes) != 0 )); then
   echo "COMPLETIONS_PER_STEP=$completions is not divisible by PER_DEVICE_BATCH x training GPUs" \
        "($per_device x $num_processes): use 1, 2, 4 or 8 training nodes of 8 GPUs, or change PER_DEVICE_BATCH" >&2

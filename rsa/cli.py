@@ -21,9 +21,10 @@ COMMANDS = [
     "publish",
     "augment",
     "train",
+    "serve",
 ]
 # Subcommands that parse their own arguments (`rsa.commands.<name>.main(argv)`).
-CONFIG_COMMANDS = {"eval", "augment"}
+CONFIG_COMMANDS = {"eval", "augment", "serve"}
 
 
 class RsaParser(argparse.ArgumentParser):

@@ -525,3 +525,107 @@ def auto_max_new_tokens(context: int) -> int:
 def config_fields(cls: type) -> list[str]:
     """Names of the options of config class `cls` (the keys a `--config` YAML file may hold)."""
     return [f.name for f in fields(cls)]
+
+
+# ----- rsa serve ----------------------------------------------------------------------------------------------
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: the environment variable `rsa serve` reads its API key from when `--api-key` is not given
+SERVE_API_KEY_ENV = "RSA_SERVE_API_KEY"
+
+
+@dataclass
+class ServeConfig(SamplingOptions, EngineOptions):
+    """`rsa serve`: an OpenAI-compatible chat-completions server that answers every request with RSA.
+
+    N, K, T, the final rule and the sampling settings are the server's defaults; a request overrides them in
+    its `rsa` object and its OpenAI sampling fields (see docs/SERVE.md). `api_key` is the key clients must
+    send (`Authorization: Bearer KEY`); the openai engine's own key for its backends is `backend_api_key`.
+    """
+
+    model: str | None = field(
+        default=None, metadata={"help": "model directory, hub name, or the backends' served model name (openai)"}
+    )
+    task: str = field(
+        default="math", metadata={"help": "task family whose prompts, answer extraction and equivalence RSA uses"}
+    )
+    population: int = field(
+        default=_default(LoopConfig, "population"), metadata={"help": "default population size N", "aliases": ["-N"]}
+    )
+    k: int = field(default=_default(LoopConfig, "k"), metadata={"help": "default aggregation-set size K"})
+    steps: int = field(default=_default(LoopConfig, "steps"), metadata={"help": "default RSA steps T"})
+    final: str = field(
+        default="majority",
+        metadata={"help": "default final answer: the majority vote or a random member", "choices": FINAL_RULES},
+    )
+    thinking: str = field(
+        default=_default(LoopConfig, "thinking"),
+        metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
+    )
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "the model name clients send and /v1/models lists (default: --model)"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind; any but loopback needs an API key"})
+    port: int = field(default=8000, metadata={"help": "TCP port to bind (0: any free port)"})
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": f"the key clients must send as 'Authorization: Bearer KEY' (or set {SERVE_API_KEY_ENV})"},
+    )
+    backend_api_key: str | None = field(default=None, metadata={"help": "openai engine: the backends' API key"})
+    max_active: int = field(default=64, metadata={"help": "RSA requests running at once (they share the engine)"})
+    max_queue: int = field(
+        default=256, metadata={"help": "requests waiting beyond --max-active; more are refused with 429"}
+    )
+    request_timeout: float = field(
+        default=600.0, metadata={"help": "seconds one request may take (a request's rsa.timeout may lower it)"}
+    )
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body accepted, in bytes"})
+    log_prompts: bool = field(default=False, metadata={"help": "log each request's messages (off: only sizes)"})
+
+    def __post_init__(self) -> None:
+        from rsa.tasks import task_names
+
+        if not self.model:
+            raise ValueError("--model is required")
+        self.api_key = self.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
+        if self.host not in LOOPBACK_HOSTS and not self.api_key:
+            raise ValueError(
+                f"--host {self.host} exposes the server beyond this machine: set --api-key (or {SERVE_API_KEY_ENV}), "
+                "or bind 127.0.0.1"
+            )
+        _check_choice("task", self.task, tuple(task_names()))
+        _check_choice("final", self.final, FINAL_RULES)
+        _check_choice("thinking", self.thinking, THINKING_MODES)
+        _check_number("port", self.port, low=0)
+        for name in ("max_active", "max_body_bytes"):
+            _check_number(name, getattr(self, name), low=1)
+        _check_number("max_queue", self.max_queue, low=0)
+        _check_number("request_timeout", self.request_timeout, low=0, low_inclusive=False)
+        self.check_engine_options()
+        self.check_sampling()
+        self.loop_config(self.max_new_tokens or 1)  # population, K, steps
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """The engine's keyword arguments; the backends' key is `backend_api_key` (`api_key` is the server's)."""
+        server_key, self.api_key = self.api_key, self.backend_api_key
+        try:
+            return super().engine_kwargs()
+        finally:
+            self.api_key = server_key
+
+    def loop_config(self, max_new_tokens: int | None = None, **overrides: Any) -> LoopConfig:
+        """The RSA settings of one request: the server's defaults with `overrides` (LoopConfig field names)."""
+        values = {
+            "method": "rsa",
+            "population": self.population,
+            "k": self.k,
+            "steps": self.steps,
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_new_tokens": max_new_tokens or self.max_new_tokens,
+            "final": self.final,
+            "thinking": self.thinking,
+            "schedule": "async",
+        }
+        values.update(overrides)
+        return LoopConfig(**values)

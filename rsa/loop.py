@@ -160,6 +160,8 @@ class Member:
     error: str | None = None  # set when the request failed: the member is empty and scores 0
     #: tokens of its text as a candidate, counted by `PromptBuilder` the first time it is one (not in records)
     candidate_tokens: int | None = field(default=None, repr=False, compare=False)
+    #: tokens of the prompt it was generated from, as the engine reported them (not in records)
+    prompt_tokens: int | None = field(default=None, repr=False, compare=False)
 
     @property
     def failed(self) -> bool:
@@ -299,6 +301,7 @@ class RSALoop:
             reasoning=outcome.reasoning,
             truncated_parents=request.truncated,
             seed=request.seed,
+            prompt_tokens=outcome.prompt_tokens,
         )
 
     def describe_failure(self, request: _Request, exc: BaseException) -> str:

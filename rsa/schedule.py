@@ -12,6 +12,10 @@ per-request seeds):
   together. With a concurrency limit (openai's `max_concurrency`) a `PriorityGate` releases lagging
   problems' requests first.
 
+`run_schedule` runs a whole evaluation on an event loop of its own and releases the engine's async resources
+at the end; `run_async` alone runs on the caller's loop and leaves the engine open (`rsa serve` runs one per
+request on a shared engine).
+
 Failed requests become their error text (`EngineCalls`); `FailureStreak` stops the run with `EngineError` when
 the engine looks down. `Groups` keeps each problem's latest population and reuses what an interrupted run
 stored (`reusable_members`).
@@ -337,14 +341,19 @@ async def run_async(
             await advance(pi, step)
 
     problems = range(len(groups.previous))
+    if barrier:
+        for step in steps:
+            await asyncio.gather(*(advance(pi, step) for pi in problems))
+    else:
+        await asyncio.gather(*(chain(pi) for pi in problems))
+
+
+async def _run_and_close(coroutine, engine: Engine) -> None:
+    """Run `coroutine`, then release what the engine bound to this event loop (it ends with the run)."""
     try:
-        if barrier:
-            for step in steps:
-                await asyncio.gather(*(advance(pi, step) for pi in problems))
-        else:
-            await asyncio.gather(*(chain(pi) for pi in problems))
+        await coroutine
     finally:
-        await calls.engine.aclose()
+        await engine.aclose()
 
 
 def run_schedule(
@@ -360,7 +369,7 @@ def run_schedule(
     if not getattr(engine, "supports_async", False):
         run_batched(groups, calls, steps, progress)
         return
-    coroutine = run_async(groups, calls, steps, progress, barrier=schedule == "barrier")
+    coroutine = _run_and_close(run_async(groups, calls, steps, progress, barrier=schedule == "barrier"), engine)
     try:
         asyncio.get_running_loop()
     except RuntimeError:

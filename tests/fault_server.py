@@ -1,7 +1,7 @@
 """A local OpenAI-compatible chat-completions server that misbehaves on purpose, for retry tests.
 
 The first requests get the faults listed in `faults`, in arrival order, then every request gets a
-valid chat-completion answer. Faults: "429" (with Retry-After: 0), "500", "503", "400",
+valid chat-completion answer. Faults: "429" (with Retry-After: `retry_after`, "0" unless set), "500", "503", "400",
 "timeout" (hold the request for `hang_seconds` without answering), "drop" (close the connection
 without a response). A valid answer's content is "seed=<seed> port=<port>", so tests can see which
 seed reached which server; `usage.completion_tokens` is min(max_tokens, 5) and finish_reason is
@@ -43,6 +43,7 @@ class FaultServer:
         content_fn: Any = None,
         delay_fn: Any = None,
         fail_when: Any = None,
+        retry_after: str = "0",
     ):
         unknown = [f for f in faults if f not in FAULTS]
         if unknown:
@@ -57,6 +58,9 @@ class FaultServer:
         self.content_fn = content_fn
         self.delay_fn = delay_fn
         self.fail_when = fail_when
+        self.retry_after = retry_after
+        #: monotonic arrival time of each chat-completion request, in arrival order
+        self.arrivals: list[float] = []
         #: JSON bodies of every chat-completion request received, in arrival order
         self.requests: list[dict[str, Any]] = []
         #: what each request got: a fault name or "ok"
@@ -91,6 +95,7 @@ class FaultServer:
     def _next_outcome(self, body: dict[str, Any]) -> str:
         with self._lock:
             index = len(self.requests)
+            self.arrivals.append(time.monotonic())
             self.requests.append(body)
             outcome = self.faults[index] if index < len(self.faults) else "ok"
             if outcome == "ok" and self.fail_when is not None and self.fail_when(body):
@@ -175,7 +180,9 @@ class FaultServer:
                     if outcome == "ok":
                         self._send_json(200, server.completion(body))
                     elif outcome == "429":
-                        self._send_json(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+                        self._send_json(
+                            429, {"error": {"message": "rate limited"}}, {"Retry-After": server.retry_after}
+                        )
                     elif outcome in ("500", "503", "400"):
                         self._send_json(int(outcome), {"error": {"message": f"injected HTTP {outcome}"}})
                     elif outcome == "timeout":

@@ -72,6 +72,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rsa.grpo_setup": ("rsa.augment", "rsa.configs", "rsa.evaluate", "rsa.toyworld", "rsa.loop", "rsa.runs"),
     "rsa.report": ("rsa.engines", "rsa.loop", "rsa.grpo_setup", "rsa.augment"),
     "rsa.publish": ("rsa.engines", "rsa.loop", "rsa.grpo_setup", "rsa.configs"),
+    "rsa.serve": ("rsa.grpo_setup", "rsa.evaluate", "rsa.runs", "rsa.toyworld"),
 }
 # no library module reaches up into the command-line layer
 CLI_LAYER = ("rsa.cli", "rsa.commands")

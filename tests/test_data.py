@@ -180,3 +180,54 @@ def test_jsonl_loaders_split_on_newline_only_and_name_bad_lines(tmp_path):
     lcb.write_bytes(lcb.read_bytes() + b"\xc3\n")
     with pytest.raises(ValueError, match=r"lcb\.jsonl: line 2: invalid UTF-8"):
         load_livecodebench(lcb, include_private=False)
+
+
+# ----- the built-in hub benchmarks, offline ----------------------------------------------------------------------
+# Each hub repository as the Hub lays it out: data/<split>-00000-of-00001.parquet with the repo's columns. A folder
+# of that name in the working directory is what `load_hf` reads in place of the Hub, through the same
+# `datasets.load_dataset(<repo>, split=<split>)` call, so the split name and the column mapping are tested.
+HUB_LAYOUTS = {
+    "aime25": ("math-ai/aime25", "test", [
+        {"problem": "Find the sum of all integer bases $b>9$ for which $17_b$ divides $97_b$.", "answer": "70",
+         "id": "0"},
+        {"problem": "How many ordered pairs satisfy the condition?", "answer": "117", "id": "1"},
+    ]),
+    "hmmt25": ("MathArena/hmmt_feb_2025", "train", [
+        {"problem_idx": 1, "problem": "Compute the sum of the positive divisors of 9!.", "answer": "103",
+         "problem_type": ["Number Theory"]},
+        {"problem_idx": 2, "problem": "Compute $\\sqrt{4}$.", "answer": "2", "problem_type": ["Algebra"]},
+    ]),
+    "supergpqa": ("m-a-p/SuperGPQA", "train", [
+        {"uuid": "5e3f", "question": "Which number is prime?", "options": ["4", "7", "9", "10"], "answer": "7",
+         "answer_letter": "B", "discipline": "Science", "field": "Mathematics", "subfield": "Number Theory",
+         "difficulty": "easy", "is_calculation": False},
+    ]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(HUB_LAYOUTS))
+def test_builtin_hub_benchmark_reads_its_repository_layout(name, tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from rsa.data import BENCHMARKS, format_question
+    from rsa.tasks import get_task
+
+    repo, split, rows = HUB_LAYOUTS[name]
+    assert (BENCHMARKS[name].hub, BENCHMARKS[name].split) == (repo, split)
+    (tmp_path / repo / "data").mkdir(parents=True)
+    Dataset.from_list(rows).to_parquet(str(tmp_path / repo / "data" / f"{split}-00000-of-00001.parquet"))
+    monkeypatch.chdir(tmp_path)
+    problems = load_problems(name)
+    task = get_task(BENCHMARKS[name].task)
+    assert [p.task for p in problems] == [task.name] * len(rows)
+    for i, (problem, row) in enumerate(zip(problems, rows), 1):
+        if name == "supergpqa":  # the letter is the gold answer; the options are listed in the question
+            assert problem.answer == row["answer_letter"] and problem.meta["options"] == row["options"]
+            assert problem.question == format_question("mcq", row["question"], row["options"])
+            assert "B. 7" in problem.question
+        else:
+            assert problem.answer == row["answer"]
+            assert problem.question == format_question("math", row["problem"])
+        assert problem.id == row.get("id", f"hf:{repo}-{i}")
+        assert task.score(f"so the answer is \\boxed{{{problem.answer}}}", problem) == 1.0
+        assert task.score("so the answer is \\boxed{Z0}", problem) == 0.0

@@ -131,11 +131,19 @@ def test_eval_then_report_on_tiny_model(tmp_path, capsys, tiny_model_dir):
     rsa_run, sample_run = tmp_path / "rsa", tmp_path / "sample"
     code, out, _ = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "3"), capsys)
     assert code == 0, out
-    assert "pass@1" in out
     code, _, _ = run_cli(base_argv(tiny_model_dir, sample_run, "--method", "sample", "--steps", "3"), capsys)
     assert code == 0
     lines = [json.loads(line) for line in (rsa_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3]
+    # the printed table holds the recorded metrics, one row per step, in the header's column order
+    table = out.splitlines()
+    header = next(i for i, line in enumerate(table) if line.split()[:3] == ["step", "pass@1", "pass@N"])
+    rows = [line.split() for line in table[header + 1 : header + 4]]
+    assert rows == [
+        [str(m["step"]), f"{m['pass_at_1']:.4f}", f"{m['pass_at_n']:.4f}", f"{m['majority']:.4f}",
+         f"{m['mean_length']:.1f}", f"{m['distinct_answers']:.2f}"]
+        for m in lines
+    ]  # fmt: skip
     manifest = json.loads((rsa_run / "manifest.json").read_text())
     assert manifest["config"]["population"] == 2 and manifest["engine"] == "hf"
     assert manifest["model"]["revision"].startswith("sha256:")

@@ -101,7 +101,9 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def wait_gone(check, timeout: float = 15.0) -> bool:
+def wait_gone(check, timeout: float = 60.0) -> bool:
+    """Wait until `check()` is false (a condition, polled); False if it still holds after `timeout` s (generous:
+    the processes waited for are being killed, so only a missed kill takes that long)."""
     deadline = time.monotonic() + timeout
     while check():
         if time.monotonic() > deadline:
@@ -188,7 +190,52 @@ def test_multi_node_failing_rank_propagates_its_status_and_tears_everything_down
     result = run.run(SERVER_CMD=run.stub_server(), TRAIN_CMD=run.children("0=sleep,1=fail:7"))
     assert result.returncode == 7, result.stderr
     assert "training on node-b failed (exit 7)" in result.stderr
-    assert run.seconds < 100, "the sleeping rank 0 (300 s) must be stopped, not waited for"
+    assert run.seconds < 100, "the sleeping rank 0 (300 s) must be stopped, not waited for"  # generous bound
+    assert wait_gone(lambda: alive(run.rank(0)["pid"])), "the sleeping rank 0 was left running"
+    run.assert_all_stopped()
+
+
+def _ssh_stub(tmp_path: Path) -> tuple[str, Path]:
+    """STUB `ssh` (ssh to other machines cannot run here): records each call's argv as a JSON line, then runs the
+    remote command on this machine, as ssh would on the named host. Returns a PATH with it first and the record."""
+    stubs, record = tmp_path / "ssh-stub", tmp_path / "ssh.argv"
+    stubs.mkdir()
+    (stubs / "ssh").write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "args = sys.argv[1:]\n"
+        f"with open({str(record)!r}, 'a') as f:\n"
+        "    f.write(json.dumps(args) + '\\n')\n"
+        "i = 0\n"
+        "while args[i] == '-o':\n"
+        "    i += 2\n"
+        "os.execvp('bash', ['bash', '-c', ' '.join(args[i + 1:])])\n"
+    )
+    (stubs / "ssh").chmod(0o755)
+    return f"{stubs}:{os.environ['PATH']}", record
+
+
+def test_multi_node_default_ssh_launcher_starts_and_stops_every_node_through_ssh(tmp_path):
+    """LAUNCHER unset (ssh, the default): the server and each training node start through `ssh -o BatchMode=yes
+    HOST 'setsid -w bash SCRIPT'`, and the teardown ends the still-running ones through ssh on their host."""
+    run = MultiNode(tmp_path)
+    path, record = _ssh_stub(tmp_path)
+    run.env.pop("LAUNCHER")
+    result = run.run(SERVER_CMD=run.stub_server(), TRAIN_CMD=run.children("0=sleep,1=fail:7"), PATH=path)
+    assert result.returncode == 7, result.stderr
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    starts = sorted(c for c in calls if c[-1].startswith("setsid"))
+    assert starts == [
+        ["-o", "BatchMode=yes", "127.0.0.1", f"setsid -w bash '{run.logs}/vllm_server.sh'"],
+        ["-o", "BatchMode=yes", "node-a", f"setsid -w bash '{run.logs}/train_node0.sh'"],
+        ["-o", "BatchMode=yes", "node-b", f"setsid -w bash '{run.logs}/train_node1.sh'"],
+    ]
+    # the sleeping rank 0 and the server are stopped on their own hosts, by process group
+    stops = sorted(c for c in calls if c[-1].startswith("kill"))
+    assert stops == sorted([
+        ["-o", "BatchMode=yes", "node-a", f"kill -TERM -- -{run.group('train_node0')}"],
+        ["-o", "BatchMode=yes", "127.0.0.1", f"kill -TERM -- -{run.group('vllm_server')}"],
+    ])  # fmt: skip
     assert wait_gone(lambda: alive(run.rank(0)["pid"])), "the sleeping rank 0 was left running"
     run.assert_all_stopped()
 
@@ -206,6 +253,7 @@ def test_multi_node_health_timeout_stops_the_silent_server(tmp_path):
     result = run.run(SERVER_CMD="sleep 300", TRAIN_CMD=run.children("0=ok,1=ok"), HEALTH_TIMEOUT="3")
     assert result.returncode == 1
     assert f"no healthy answer from http://127.0.0.1:{run.port}/health after 3s" in result.stderr
+    # generous bound: the silent server would run for 300 s; the 3 s health timeout must end the run long before
     assert run.seconds < 60 and not list(run.out.iterdir())
     run.assert_all_stopped()
 
@@ -215,7 +263,7 @@ def test_multi_node_server_dying_during_training_stops_the_run(tmp_path):
     result = run.run(SERVER_CMD=run.stub_server(lifetime=4), TRAIN_CMD=run.children("0=sleep,1=sleep"))
     assert result.returncode == 1
     assert "the vLLM server died during training" in result.stderr
-    assert run.seconds < 100
+    assert run.seconds < 100  # generous: the ranks sleep 300 s, so only a launcher that noticed stops this early
     run.assert_all_stopped()
 
 
@@ -238,14 +286,27 @@ def test_multi_node_interrupted_launcher_exits_143_and_tears_down(tmp_path):
     [
         ({"COMPLETIONS_PER_STEP": "3"}, "COMPLETIONS_PER_STEP=3 is not divisible"),
         ({"LAUNCHER": "pdsh"}, "LAUNCHER must be ssh, srun or local"),
-        ({"TRAIN_HOSTS": ""}, "set TRAIN_HOSTS"),
+        ({"TRAIN_HOSTS": ""}, "multi_node.sh: set TRAIN_HOSTS"),
+        ({"TRAIN_HOSTS": "  "}, "multi_node.sh: set TRAIN_HOSTS"),
+        ({"VLLM_HOST": ""}, "multi_node.sh: set VLLM_HOST"),
     ],
 )
 def test_multi_node_bad_settings_exit_2_before_starting_anything(tmp_path, env, message):
+    """Exit status 2 for bad settings, as the launcher's header and docs/TRAINING.md say (not bash's 1 of ${VAR:?})."""
     run = MultiNode(tmp_path)
     result = run.run(SERVER_CMD=run.stub_server(), TRAIN_CMD=run.children("0=ok,1=ok"), **env)
-    assert result.returncode in (1, 2) and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, (result.returncode, result.stderr)
     assert not (run.logs / "vllm_server.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), [([], "multi_node.sh: usage:"), (["no-such.yaml"], "recipe no-such.yaml not found")]
+)
+def test_multi_node_missing_or_wrong_recipe_exits_2(tmp_path, argv, message):
+    run = MultiNode(tmp_path)
+    result = subprocess.run(["bash", str(LAUNCH / "multi_node.sh"), *argv], cwd=tmp_path, env=run.env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr, (result.returncode, result.stderr)
 
 
 def _stub_venv(tmp_path: Path, run: MultiNode) -> Path:
@@ -433,7 +494,16 @@ def test_eval_sweep_skips_finished_resumes_and_skips_lora(tmp_path, tiny_model_d
     assert "checkpoint-20: no config.json (a LoRA adapter?)" in first
     assert sorted(p.name for p in runs.iterdir()) == ["checkpoint-10", "checkpoint-2", "report"]
     for name in ("checkpoint-2", "checkpoint-10"):
-        assert json.loads((runs / name / "manifest.json").read_text())  # a real run folder
+        manifest = json.loads((runs / name / "manifest.json").read_text())  # the run of that checkpoint
+        assert (manifest["model"]["path"], manifest["engine"]) == (str(output / name), "hf")
+        config = manifest["config"]
+        assert (config["population"], config["k"], config["steps"], config["dataset"]) == (
+            2,
+            2,
+            2,
+            "rg:basic_arithmetic",
+        )
+        assert manifest["problems"]["count"] == 2  # --limit 2
         assert (runs / name / "final.json").is_file()
     report = (runs / "report" / "report.md").read_text()
     assert "checkpoint-2" in report and "checkpoint-10" in report

@@ -2,7 +2,9 @@
 
 The real Hugging Face Hub cannot be reached from the tests, so pushes go to `HubStandIn`, a loopback HTTP
 server that speaks the few Hub API routes `huggingface_hub` uses to publish (create repo, create branch,
-validate README metadata, preupload, commit) and records every request and uploaded file. The real
+validate README metadata, preupload, commit) and records every request and uploaded file. Like the real Hub it
+answers 409 to creating a repo or branch that exists (the client's exist_ok accepts that) and 400 with its
+`errors` list to a card whose metadata it rejects (here: a license id outside `HubStandIn.LICENSES`). The real
 `huggingface_hub.HfApi` client talks to it (its endpoint pointed at the stand-in); nothing is mocked in
 between. The checkpoints are the real tiny model and a real PEFT LoRA adapter saved from it; the dataset is
 built by a real `rsa augment` run on the tiny model.
@@ -12,7 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,12 +27,17 @@ import pytest
 
 from rsa.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 BASE = "Qwen/Qwen3-0.6B"  # a Hub id the training record names (never downloaded)
 
 
 # ----- the Hub stand-in ------------------------------------------------------------------------------------------
 class HubStandIn(ThreadingHTTPServer):
-    """A loopback stand-in for the Hub API: records repos, branches, validated cards and commits (files by path)."""
+    """A loopback stand-in for the Hub API: records repos, branches, validated cards and commits (files by path),
+    and every rejection it sent as (status, path)."""
+
+    # the license ids this stand-in accepts in card metadata (the real Hub checks its own list)
+    LICENSES = ("apache-2.0", "mit", "cc-by-4.0", "other")
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -36,6 +47,7 @@ class HubStandIn(ThreadingHTTPServer):
         self.branches: list[tuple[str, str]] = []
         self.validated: list[dict] = []
         self.commits: list[dict] = []  # {"repo", "revision", "summary", "files": {path: bytes}}
+        self.rejected: list[tuple[int, str]] = []
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,6 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, code: int, body: dict) -> None:
+        if code >= 400:
+            self.server.rejected.append((code, self.path.split("?")[0]))
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -64,16 +78,30 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(body)
             repo_type = payload.get("type", "model")
             repo = f"{payload['organization']}/{payload['name']}"
+            if f"{repo_type}/{repo}" in hub.repos:  # the Hub's answer; its settings (visibility) stay as they were
+                return self._reply(
+                    409, {"error": f"You already created this {repo_type} repo", "url": f"{hub.url}/{repo}"}
+                )
             hub.repos[f"{repo_type}/{repo}"] = payload
             return self._reply(200, {"url": f"{hub.url}/{repo}"})
         if path == "/api/validate-yaml":
-            hub.validated.append(json.loads(body))
+            card = json.loads(body)
+            hub.validated.append(card)
+            licenses = re.findall(r"^license: *(\S+)", card["content"].split("\n---", 1)[0], re.M)
+            bad = [name for name in licenses if name not in HubStandIn.LICENSES]
+            if bad:
+                return self._reply(
+                    400,
+                    {"errors": [{"message": f'"license" must be one of {list(HubStandIn.LICENSES)}, got {bad[0]!r}'}]},
+                )
             return self._reply(200, {})
         if len(parts) >= 6 and parts[0] == "api":  # /api/{type}s/{org}/{name}/{action}/{revision}
             repo_type, repo, action, revision = parts[1][:-1], f"{parts[2]}/{parts[3]}", parts[4], "/".join(parts[5:])
             if f"{repo_type}/{repo}" not in hub.repos:
                 return self._reply(404, {"error": f"Repository {repo} not found"})
             if action == "branch":
+                if (repo, revision) in hub.branches:
+                    return self._reply(409, {"error": "Reference already exists"})
                 hub.branches.append((repo, revision))
                 return self._reply(200, {})
             if action == "preupload":  # every file as a regular (inline) git blob
@@ -275,6 +303,58 @@ def test_push_refused_without_token_or_offline(tiny_model_dir, tmp_path, monkeyp
         push_dataset(tmp_path / "no-such-build", "me/data")  # refused before the folder is even read
 
 
+# ----- the token: --token, HF_TOKEN, or the saved login ---------------------------------------------------------
+def token_env(home: Path, saved: str | None = None, env_token: str | None = None) -> dict[str, str]:
+    """An environment whose Hugging Face home is `home` (with `hf auth login`'s token file when `saved`)."""
+    home.mkdir(parents=True, exist_ok=True)
+    if saved:
+        (home / "token").write_text(saved)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH")}
+    env.update(HF_HOME=str(home), PYTHONPATH=str(REPO))
+    if env_token:
+        env["HF_TOKEN"] = env_token
+    return env
+
+
+def resolved_token(env: dict[str, str], *token: str) -> str:
+    """`rsa.hub.resolve_token(*token)` in a fresh interpreter (huggingface_hub reads HF_HOME at import)."""
+    code = "import sys\nfrom rsa.hub import resolve_token\nprint(resolve_token(*sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, *token], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_resolve_token_takes_the_flag_then_hf_token_then_the_saved_login(tmp_path):
+    saved_only = token_env(tmp_path / "home", saved="hf_saved_login")
+    assert resolved_token(saved_only) == "hf_saved_login"
+    assert resolved_token(saved_only, "hf_from_flag") == "hf_from_flag"
+    both = token_env(tmp_path / "home", env_token="hf_from_env")
+    assert resolved_token(both) == "hf_from_env"
+    assert resolved_token(both, "hf_from_flag") == "hf_from_flag"
+    assert resolved_token(token_env(tmp_path / "empty-home")) == "None"
+
+
+def test_publish_with_the_saved_login_and_with_token(hub, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    argv = ["publish", str(checkpoint), "--runs", str(run), "--repo-id"]
+    # `hf auth login`'s token file and no HF_TOKEN: a real `rsa publish` process pushes with the saved login
+    env = token_env(tmp_path / "home", saved="hf_standin_token")
+    env["HF_ENDPOINT"] = hub.url
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "rsa.cli", *argv, "me/saved", "--out", str(tmp_path / "hub1")],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [c["repo"] for c in hub.commits] == ["me/saved"]
+    # --token with nothing else: the stand-in accepts only its token, so the push shows which one was sent
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-home"))
+    assert main([*argv, "me/flag", "--out", str(tmp_path / "hub2"), "--token", "hf_standin_token"]) == 0
+    assert [c["repo"] for c in hub.commits] == ["me/saved", "me/flag"]
+    assert not hub.rejected
+
+
 # ----- pushing to the stand-in -----------------------------------------------------------------------------------
 def test_publish_pushes_a_private_repo_to_a_revision(hub, tiny_model_dir, tmp_path, capsys):
     checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
@@ -301,6 +381,37 @@ def test_publish_pushes_a_private_repo_to_a_revision(hub, tiny_model_dir, tmp_pa
                  str(tmp_path / "hub-pub")]) == 0  # fmt: skip
     assert hub.repos["model/me/tiny-pub"]["visibility"] == "public"
     assert len(hub.branches) == 1 and hub.commits[-1]["revision"] == "main"
+
+
+def test_publish_to_an_existing_repo_and_branch_adds_a_commit(hub, tiny_model_dir, tmp_path, capsys):
+    """The repo and the branch exist (a second checkpoint of the same run): the Hub answers 409 to both creates,
+    the push goes on and commits to the branch; the existing public repo is not made private behind its back."""
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    hub.repos["model/me/tiny-agg"] = {"name": "tiny-agg", "organization": "me", "visibility": "public"}
+    hub.branches.append(("me/tiny-agg", "step-5"))
+    argv = ["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-agg", "--out", str(tmp_path / "hub"),
+            "--private", "--revision", "step-5"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert f"pushed: {hub.url}/me/tiny-agg/commit/" in capsys.readouterr().out
+    assert hub.rejected == [(409, "/api/repos/create"), (409, "/api/models/me/tiny-agg/branch/step-5")]
+    assert hub.repos["model/me/tiny-agg"]["visibility"] == "public"
+    (commit,) = hub.commits
+    assert (commit["repo"], commit["revision"]) == ("me/tiny-agg", "step-5") and "README.md" in commit["files"]
+
+
+def test_a_card_the_hub_rejects_fails_the_publish_with_its_reason_and_commits_nothing(hub, tiny_model_dir, tmp_path,
+                                                                                          capsys):  # fmt: skip
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    run = fake_run(tmp_path / "runs" / "r", str(checkpoint))
+    argv = ["publish", str(checkpoint), "--runs", str(run), "--repo-id", "me/tiny-agg", "--out", str(tmp_path / "hub"),
+            "--license", "no-such-license"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "rsa publish: error: Invalid metadata in README.md" in err and "'no-such-license'" in err, err
+    assert (400, "/api/validate-yaml") in hub.rejected and hub.commits == []
+    # the same checkpoint with a license the Hub knows goes through
+    assert main([*argv[:-1], "apache-2.0"]) == 0 and len(hub.commits) == 1
 
 
 def lora_adapter(tiny_model_dir: str, path: Path) -> Path:

@@ -81,20 +81,40 @@ def test_committed_step_without_population_is_an_error(tmp_path):
 
 
 def test_run_directory_layout(tmp_path, fake_engine):
-    items = problems(2)
+    items = problems(2)  # answers "1" and "2"
     run_dir = new_run(tmp_path / "run", items)
     config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=64)
-    summaries = evaluate(fake_engine(), items, config, run_dir, progress=False)
+    # two words per completion, answer seed % 3: some candidates right, some wrong, all values known per seed
+    engine = fake_engine(text_fn=lambda seed, conversation: f"work \\boxed{{{seed % 3}}}")
+    summaries = evaluate(engine, items, config, run_dir, progress=False)
     assert [s["step"] for s in summaries] == [1, 2, 3]
-    for key in ("step", "pass_at_1", "pass_at_n", "majority", "mean_length", "tokens_generated", "wall_time_s"):
-        assert key in summaries[0]
-    step3 = [json.loads(line) for line in run_dir.step_file("population", 3).read_text().splitlines()]
-    assert len(step3) == 2 * 4
-    for field in ("problem_id", "slot", "text", "extracted", "score", "num_tokens", "parents", "seed"):
-        assert field in step3[0]
-    assert all(len(r["parents"]) == 2 for r in step3)
-    per_problem = run_dir.step_file("per_problem", 3).read_text().splitlines()
-    assert [json.loads(line)["problem_id"] for line in per_problem] == ["m0", "m1"]
+    answers = {p.id: p.answer for p in items}
+    seen_scores = set()
+    for step, summary in zip((1, 2, 3), summaries):
+        population = [json.loads(line) for line in run_dir.step_file("population", step).read_text().splitlines()]
+        assert sorted((r["problem_id"], r["slot"]) for r in population) == [
+            (p, s) for p in ("m0", "m1") for s in range(4)
+        ]
+        for r in population:  # each record is what the engine returned for its seed, scored against its problem
+            assert r["text"] == f"work \\boxed{{{r['seed'] % 3}}}" and r["num_tokens"] == 2
+            assert r["extracted"] == str(r["seed"] % 3)
+            assert r["score"] == float(r["extracted"] == answers[r["problem_id"]])
+            assert (
+                r["parents"] == []
+                if step == 1
+                else (len(set(r["parents"])) == 2 and set(r["parents"]) <= set(range(4)))
+            )
+        scores = {p: [r["score"] for r in population if r["problem_id"] == p] for p in ("m0", "m1")}
+        seen_scores.update(scores["m0"] + scores["m1"])
+        assert summary["pass_at_1"] == pytest.approx(sum(sum(v) / 4 for v in scores.values()) / 2)
+        assert summary["pass_at_n"] == pytest.approx(sum(max(v) for v in scores.values()) / 2)
+        assert (summary["mean_length"], summary["tokens_generated"]) == (2.0, 2 * 4 * 2)
+        assert summary["wall_time_s"] >= 0
+        per_problem = [json.loads(line) for line in run_dir.step_file("per_problem", step).read_text().splitlines()]
+        assert [(r["problem_id"], r["pass_at_1"]) for r in per_problem] == [
+            (p, sum(scores[p]) / 4) for p in ("m0", "m1")
+        ]
+    assert seen_scores == {0.0, 1.0}, "right and wrong candidates both occur, so the score checks can fail"
     final = json.loads((run_dir.path / "final.json").read_text())
     assert final["rule"] == "random" and len(final["answers"]) == 2
     assert not list(run_dir.path.rglob("*.tmp"))
@@ -116,6 +136,7 @@ from rsa.tasks import Problem
 path, mode, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 items = [Problem(id="m0", task="math", question="What is 0 + 1?", answer="1")]
 manifest = build_manifest({"population": 4}, model="m", engine="fake", revision="r", problems=items, seed=1)
+print("READY", flush=True)  # imported and about to poll: the test starts the race only when all are ready
 while not go.exists():  # start together
     time.sleep(0.001)
 run_dir = RunDirectory(path)
@@ -142,7 +163,7 @@ def start_writer(path: Path, mode: str, go: Path, hold_s: float) -> subprocess.P
 def test_two_processes_creating_one_run_folder_at_once_get_one_writer(tmp_path):
     go = tmp_path / "go"
     writers = [start_writer(tmp_path / "run", "create", go, 2.0) for _ in range(2)]
-    time.sleep(2.0)  # both interpreters up and polling
+    assert [w.stdout.readline() for w in writers] == ["READY\n", "READY\n"]  # both up and polling
     go.touch()
     outputs = [w.communicate(timeout=60)[0] for w in writers]
     codes = sorted(w.returncode for w in writers)
@@ -161,7 +182,7 @@ def test_a_second_resume_is_refused_naming_the_holder_and_a_killed_holder_frees_
     assert start_writer(run_path, "create", go, 0.0).wait(timeout=60) == 0
     holder = start_writer(run_path, "resume", go, 60.0)
     try:
-        assert holder.stdout.readline().startswith("WROTE")
+        assert holder.stdout.readline() == "READY\n" and holder.stdout.readline().startswith("WROTE")
         second = RunDirectory(run_path)
         with pytest.raises(FileExistsError, match=f"in use by another writer \\(pid {holder.pid} on host "):
             second.check_resumable(RunDirectory(run_path).manifest)
@@ -288,7 +309,7 @@ def test_rsa_eval_resume_is_refused_while_another_writer_runs_there(tmp_path, ti
     go.touch()
     holder = start_writer(run_path, "create", go, 60.0)  # holds the run folder as `rsa eval` would
     try:
-        assert holder.stdout.readline().startswith("WROTE")
+        assert holder.stdout.readline() == "READY\n" and holder.stdout.readline().startswith("WROTE")
         argv = ["eval", "--engine", "hf", "--model", tiny_model_dir, "--dataset", "rg:basic_arithmetic", "--limit",
                 "2", "-N", "2", "-K", "2", "-T", "2", "--max-new-tokens", "8", "--out", str(run_path), "--resume"]  # fmt: skip
         assert main(argv) == 2  # refused before any engine is built (no_engine)

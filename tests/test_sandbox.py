@@ -35,7 +35,12 @@ AS_ROOT = os.geteuid() == 0
 NEEDS_ROOT = "needs root: only root can run programs as a dedicated uid, the property checked here"
 
 TIMEOUT_S = 1.0
-MARGIN_S = 3.0  # sandbox start-up (two bwrap layers + interpreter) and slow CI machines
+# Timing checks wait on no clock of their own. The harness measures each test from its fork to its end (start-up
+# excluded) and kills it at the limit: that measure must stay near TIMEOUT_S however loaded the machine is
+# (KILL_SLACK_S covers a late wake-up under load). The whole run's wall time also counts the sandbox's start-up
+# (two bwrap layers and an interpreter), which a loaded machine stretches to many seconds: it gets only the
+# generous bound of the runner's own overall deadline, which a run reaches only when a test was not stopped.
+KILL_SLACK_S = 2.0
 LIMITS = Limits(
     timeout_s=TIMEOUT_S, memory_mb=256, max_processes=16, max_output_bytes=64 << 10, tmpfs_mb=16, startup_s=20
 )
@@ -73,6 +78,13 @@ def run_timed(sb: Sandbox, program: str, tests: TestSuite = WIN, **kwargs):
     start = time.monotonic()
     result = sb.run(program, tests, **kwargs)
     return result, time.monotonic() - start
+
+
+def assert_stopped_in_time(sb: Sandbox, result, elapsed: float) -> None:
+    """Each test ended within its time limit (harness clock), and the run within the runner's overall deadline."""
+    for outcome in result.outcomes:
+        assert outcome.time_s < sb.limits.timeout_s + KILL_SLACK_S, (outcome.index, outcome.status, outcome.time_s)
+    assert elapsed < sb.limits.overall_deadline_s(max(1, result.total)), elapsed
 
 
 def live_processes(uid: int) -> list[int]:
@@ -182,7 +194,7 @@ def test_infinite_loop_times_out(which, request):
     sb = request.getfixturevalue(which)
     result, elapsed = run_timed(sb, "while True:\n    pass\n")
     assert result.statuses() == ["timeout"] and result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sb, result, elapsed)
     assert_nothing_left(result)
 
 
@@ -191,7 +203,7 @@ def test_fork_bomb_is_contained(isolated):
     before = len(os.listdir("/proc"))
     result, elapsed = run_timed(isolated, program)
     assert result.passed == 0 and result.statuses()[0] in {"timeout", "killed", "runtime_error"}
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
     assert_nothing_left(result)
     assert len(os.listdir("/proc")) < before + 10  # no host-wide process growth survives the run
 
@@ -203,7 +215,7 @@ def test_memory_bomb_hits_the_limit(which, request):
     program = "chunks = []\nwhile True:\n    chunks.append(bytes(10 ** 8))\n"
     result, elapsed = run_timed(sb, program)
     assert result.statuses() == ["memory_limit"] and result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sb, result, elapsed)
 
 
 @pytest.mark.parametrize("which", ["sandbox", "fallback"])
@@ -211,19 +223,19 @@ def test_huge_output_is_cut(which, request):
     sb = request.getfixturevalue(which)
     result, elapsed = run_timed(sb, "while True:\n    print('x' * 1000)\n")
     assert result.statuses() == ["output_limit"] and result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sb, result, elapsed)
     # a program that swallows the write errors and keeps going is stopped by the clock instead
     program = "import os\nwhile True:\n    try:\n        os.write(1, b'x' * 65536)\n    except OSError:\n        pass\n"
     result, elapsed = run_timed(sb, program)
     assert result.statuses()[0] in {"timeout", "output_limit"} and result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sb, result, elapsed)
 
 
 def test_private_tmp_is_size_limited(isolated):
     program = "i = 0\nwhile True:\n    open(f'/tmp/f{i}', 'wb').write(b'x' * 60000)\n    i += 1\n"
     result, elapsed = run_timed(isolated, program)
     assert result.statuses() == ["runtime_error"] and "No space left" in result.outcomes[0].stderr_tail
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
 
 
 # Writes files of 60000 bytes (under the 64 KiB file-size limit) into a directory until the file system refuses
@@ -253,7 +265,7 @@ def test_dev_shm_is_size_limited(isolated):
     written, error = result.outcomes[0].output_head.split(" ", 1)
     assert error.strip() == "No space left on device"
     assert 0 < int(written) <= isolated.limits.shm_mb << 20
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
     # and the rest of /dev (a tmpfs too) is read-only
     result, _ = run_timed(isolated, fill("/dev"))
     assert result.outcomes[0].output_head == "0 Read-only file system\n"
@@ -287,7 +299,7 @@ def test_deep_recursion_crashes_only_its_test(roomy):
     # harness goes on to the next test, which passes.
     assert result.statuses()[0] in {"runtime_error", "memory_limit", "timeout"}
     assert [o.passed for o in result.outcomes] == [False, True]
-    assert elapsed < 2 * roomy.limits.timeout_s + MARGIN_S
+    assert_stopped_in_time(roomy, result, elapsed)
 
 
 # ----- isolation from the host -------------------------------------------------------------------------------------
@@ -313,7 +325,7 @@ def test_cannot_write_outside_the_working_directory(isolated, tmp_path):
     result, elapsed = run_timed(isolated, program)
     assert result.statuses() == ["ok"] and result.passed == 0
     assert result.outcomes[0].output_head == "no\n"
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
     for target in [*outside, private_tmp]:
         assert not os.path.exists(target), f"sandboxed program wrote {target} on the host"
 
@@ -345,7 +357,7 @@ def test_parent_secrets_are_not_visible(isolated, monkeypatch):
     result, elapsed = run_timed(isolated, program, TestSuite(("\n",), (secret + "\n",)))
     assert result.statuses() == ["ok"] and result.passed == 0
     assert secret not in result.outcomes[0].output_head
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
 
 
 def test_no_network(isolated):
@@ -377,7 +389,7 @@ def assert_cannot_connect(sb: Sandbox, server: socket.socket, connect: str) -> N
         server.close()
     assert result.statuses() == ["ok"] and result.passed == 0
     assert result.outcomes[0].output_head.startswith("blocked")
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sb, result, elapsed)
 
 
 @pytest.fixture
@@ -462,7 +474,7 @@ def test_cannot_signal_or_kill_the_parent(isolated):
         sibling.wait()
     # The program may kill its own harness (the sandbox's pid 1 ignores it), but that only loses its tests.
     assert result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
     assert_nothing_left(result)
 
 
@@ -474,7 +486,7 @@ def test_closing_stdout_scores_zero(sandbox):
     program = "import os, sys\nsys.stdout.close()\nos.closerange(0, 1024)\n"
     result, elapsed = run_timed(sandbox, program, TestSuite(("\n", "\n"), ("WIN\n", "WIN\n")))
     assert result.passed == 0 and len(result.outcomes) == 2  # every test still reported
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sandbox, result, elapsed)
     program = "import os\nos.closerange(0, 1024)\ndef add(a, b):\n    return a - b\n"
     result, _ = run_timed(sandbox, program, CALL)
     assert result.passed == 0
@@ -492,7 +504,7 @@ def test_closing_stdout_scores_zero(sandbox):
 def test_exit_before_the_tests_run_scores_zero(sandbox, program):
     result, elapsed = run_timed(sandbox, program, CALL)
     assert result.statuses() == ["no_result"] and result.passed == 0
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(sandbox, result, elapsed)
 
 
 def test_exit_zero_without_output_scores_zero(sandbox):
@@ -504,14 +516,17 @@ TAMPERING = {
     # an object equal to everything: the comparison happens on its JSON form outside the sandbox
     "rigged-eq": "class Any:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Any()\n",
     "rigged-list": "class L(list):\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return L([0])\n",
-    # monkeypatch the harness and the json module it uses, forge records on every descriptor it can reach
+    # monkeypatch the harness and the json module it uses (in the test's own process), and send well-formed
+    # frames that claim the expected result '"WIN"' for both tests on every descriptor it can reach (the
+    # harness's report pipe included, if it could)
     "monkeypatch": (
         "import json, os, sys\n"
         "main = sys.modules['__main__']\n"
         "for name in ('frame', 'write_all', 'read_capped', 'wait_for', 'child', 'finish'):\n"
         "    setattr(main, name, lambda *a, **k: None)\n"
-        "json.dumps = lambda *a, **k: 'true'\n"
-        'record = b\'{"i": 0, "status": "ok", "out": 4, "err": 0}\\n"WIN"\\n\'\n'
+        "json.dumps = lambda *a, **k: 'true'  # this process's own answer: its choice, not a forgery\n"
+        'record = b\'\'.join(b\'{"i": %d, "status": "ok", "exit": 0, "signal": null, "time_s": 0.01, \'\n'
+        '                  b\'"out": 5, "err": 0}\\n"WIN"\' % i for i in range(2))\n'
         "for fd in range(0, 64):\n"
         "    try:\n"
         "        os.write(fd, record)\n"
@@ -527,33 +542,46 @@ TAMPERING = {
         "def add(a, b):\n"
         "    return -1\n"
     ),
-    # rewrite the harness and spec files, and pre-write the result file for every test
+    # rewrite the harness's files: the solution that later tests run becomes one that answers '"WIN"', and a
+    # '"WIN"' result file is written for every test next to this test's output file (found through fd 1)
     "rewrite-files": (
         "import os, sys\n"
-        "spec_dir = os.path.dirname(sys.modules['__main__'].__file__)\n"
+        "spec_dir = os.path.dirname(os.path.abspath(sys.modules['__main__'].__file__))\n"
+        "forged = {'solution.py': 'def add(a, b):\\n    return \"WIN\"\\n'}\n"
         "for name in os.listdir(spec_dir):\n"
         "    try:\n"
-        "        open(os.path.join(spec_dir, name), 'w').write('')\n"
+        "        open(os.path.join(spec_dir, name), 'w').write(forged.get(name, ''))\n"
         "    except OSError:\n"
         "        pass\n"
-        "io_dir = sys.modules['__main__'].__dict__.get('spec', {}).get('io_dir', '/tmp/.io')\n"
+        "io_dir = os.path.dirname(os.readlink('/proc/self/fd/1'))\n"
         "for i in range(4):\n"
         "    try:\n"
         "        open(os.path.join(io_dir, f'res{i}'), 'w').write('\"WIN\"')\n"
         "    except OSError:\n"
         "        pass\n"
-        "os._exit(0)\n"
+        "def add(a, b):\n"
+        "    return -1\n"
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(TAMPERING))
 def test_tampering_with_the_harness_scores_zero(sandbox, name):
-    secret = f"SECRET-{secrets.token_hex(6)}"
-    tests = TestSuite(("3\n4", "5\n6"), (f'"{secret}"', f'"{secret}"'), fn_name="add")
+    """The expected result of both tests is '"WIN"', which the program forges (frames, result files, the
+    solution later tests run) while its `add` returns -1: a grader that accepted any forgery would score > 0."""
+    if name in ("monkeypatch", "rewrite-files") and sandbox.mode != "bwrap":
+        # the rlimits fallback does not stop forgery (as root a program writes into the harness's report pipe
+        # through /proc: docs/SANDBOX.md, Limits)
+        pytest.skip("needs bubblewrap isolation (apt-get update && apt-get install -y bubblewrap)")
+    tests = TestSuite(("3\n4", "5\n6"), ('"WIN"', '"WIN"'), fn_name="add")
     result, elapsed = run_timed(sandbox, TAMPERING[name], tests)
     assert result.passed == 0, result
-    assert elapsed < 2 * TIMEOUT_S + MARGIN_S
+    # each test was graded on what its own process answered (`add`'s -1, or the patched json's "true")
+    answer = {"monkeypatch": "true", "rewrite-files": "-1"}.get(name)
+    if answer:
+        assert [(o.status, o.output_head) for o in result.outcomes] == [("ok", answer)] * 2, result
+    # generous: two tests at TIMEOUT_S each plus start-up, on a loaded machine (a stuck run takes far longer)
+    assert_stopped_in_time(sandbox, result, elapsed)
 
 
 def test_expected_outputs_never_enter_the_sandbox(isolated):
@@ -607,7 +635,7 @@ def test_stopping_early_kills_the_whole_sandbox(isolated):
     tests = TestSuite(("fail\n", "spin\n", "spin\n"), ("right\n", "x\n", "x\n"))
     result, elapsed = run_timed(isolated, program, tests, fail_fast=True)
     assert result.passed == 0 and len(result.outcomes) == 1
-    assert elapsed < TIMEOUT_S + MARGIN_S
+    assert_stopped_in_time(isolated, result, elapsed)
     assert_nothing_left(result)
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,24 @@ def slow_problem_0(body: dict) -> float:
     return 0.6 if "What is 0 + 1?" in body["messages"][-1]["content"] else 0.01
 
 
+def hold_problem_0(config: LoopConfig, run_seed: int, num_problems: int):
+    """A server delay that holds each request of problem 0 until a request of another problem's last step has
+    arrived (a condition, not a time): only a schedule that lets the other problems run ahead releases it. The
+    30 s bound only ends a run whose schedule holds them back, which the ordering check then reports."""
+    others_finished = threading.Event()
+
+    def delay(body: dict) -> float:
+        step, problem, _ = step_of(body["seed"], run_seed, config, num_problems)
+        if problem != 0:
+            if step == config.num_steps:
+                others_finished.set()
+        else:
+            others_finished.wait(timeout=30)
+        return 0.0
+
+    return delay
+
+
 def new_run(path: Path, items, seed: int = 1) -> RunDirectory:
     run_dir = RunDirectory(path)
     manifest = build_manifest({}, model="fake-model", engine="openai", revision=None, problems=items, seed=seed)
@@ -72,9 +91,11 @@ def step_of(seed: int, run_seed: int, config: LoopConfig, num_problems: int) -> 
 def test_async_and_barrier_give_identical_records_over_http(tmp_path, method):
     items = problems(3)
     runs = {}
-    with FaultServer(content_fn=answer, delay_fn=slow_problem_0) as server:
+    with FaultServer(content_fn=answer) as server:
         for schedule in ("barrier", "async"):
             config = LoopConfig(method=method, population=3, k=2, steps=3, max_new_tokens=32, seed=7, schedule=schedule)
+            # the barrier schedule cannot run ahead, so only its problem 0 is merely slow
+            server.delay_fn = slow_problem_0 if schedule == "barrier" else hold_problem_0(config, 7, len(items))
             server.requests.clear()
             run_dir = new_run(tmp_path / schedule, items)
             evaluate(http_engine(server.url, max_concurrency=8), items, config, run_dir, progress=False)
@@ -102,8 +123,10 @@ def test_async_and_barrier_give_identical_metrics_on_vllm(vllm_engine, tmp_path)
         run_dir.create(build_manifest({}, model="tiny", engine="vllm", revision=None, problems=items, seed=3), items)
         evaluate(vllm_engine, items, config, run_dir, progress=False)
     assert records(tmp_path / "async") == records(tmp_path / "barrier")
-    lengths = {r["num_tokens"] for r in records(tmp_path / "async")["population/step_003.jsonl"]}
-    assert len(lengths) > 1 or lengths == {24}
+    population = records(tmp_path / "async")["population/step_003.jsonl"]
+    assert len(population) == 4 * 4 and all(1 <= r["num_tokens"] <= 24 for r in population)
+    # the per-request seeds give different samples: equal records are not equal by being all alike
+    assert len({r["text"] for r in population}) > len(population) // 2, [r["text"] for r in population]
 
 
 @pytest.mark.vllm

@@ -241,6 +241,29 @@ def test_completion_logger_writes_one_line_per_completion(tmp_path):
     assert lines[0]["reward"] == pytest.approx(1.0 + 0.5 * len("\\boxed{4}") / 1000)
 
 
+def test_auto_resume_false_starts_over_and_an_explicit_checkpoint_still_wins(tiny_model_dir, tmp_path):
+    """An output_dir holding a finished checkpoint: by default training resumes from it (and counts as finished);
+    with `auto_resume: false` neither happens, while an explicit resume_from_checkpoint is still honoured."""
+    from rsa.grpo_setup import finished_step, resume_checkpoint
+
+    out = tmp_path / "out"
+    for step in (1, 2):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step, "epoch": 0.1}))
+    (out / "trainer_state.json").write_text(json.dumps({"global_step": 2, "epoch": 0.1}))
+    script, args, _ = parse(smoke_argv(tiny_model_dir, out, "--max_steps", "2", "--auto_resume", "false"))
+    assert script.auto_resume is False
+    assert resume_checkpoint(args, script.auto_resume) is None
+    assert finished_step(args, None, script.auto_resume) is None  # trains from step 0 again
+    script, args, _ = parse(smoke_argv(tiny_model_dir, out, "--max_steps", "2"))
+    assert script.auto_resume is True
+    last = resume_checkpoint(args, script.auto_resume)
+    assert last == str(out / "checkpoint-2") and finished_step(args, last, script.auto_resume) == 2
+    _, args, _ = parse(smoke_argv(tiny_model_dir, out, "--max_steps", "2", "--auto_resume", "false",
+                                  "--resume_from_checkpoint", out / "checkpoint-1"))  # fmt: skip
+    assert resume_checkpoint(args, False) == str(out / "checkpoint-1")
+
+
 # ----- real training -----------------------------------------------------------------------------------------
 def _weights(path) -> dict:
     from safetensors.torch import load_file

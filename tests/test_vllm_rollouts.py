@@ -25,9 +25,10 @@ VLLM_ARGS = ["--use_vllm", "true", "--vllm_mode", "colocate", "--vllm_enable_sle
 
 # Trains two GRPO steps with a large learning rate, syncs the weights into the colocated engine, and
 # prints how far apart the teacher-forced log-probabilities of one sequence are under vLLM, the trained
-# HF model and the untrained HF model, plus the sync path that ran.
+# HF model and the untrained HF model, plus the sync path that ran. An optional third argument is a JSON
+# object of GRPOConfig overrides (tests/test_gpu.py runs the same script on CUDA, also under ZeRO-3).
 SYNC_SCRIPT = r"""
-import json, sys
+import contextlib, json, sys
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,14 +39,18 @@ from rsa.vllm_sync import install_weight_sync
 from rsa.grpo_setup import reward_length_shaping
 
 model_dir, out_dir = sys.argv[1], sys.argv[2]
+overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+device = "cpu" if overrides.get("use_cpu", True) else "cuda"
 tok = AutoTokenizer.from_pretrained(model_dir)
+# the untrained model, loaded before the trainer exists (under ZeRO-3 a later load would be sharded)
+base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
 rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "task": "math", "answer": str(2 * i)}
         for i in range(8)]
-args = GRPOConfig(output_dir=out_dir, use_cpu=True, bf16=False, num_generations=2, per_device_train_batch_size=4,
-                  max_completion_length=12, learning_rate=5e-2, lr_scheduler_type="constant", max_steps=2,
-                  report_to="none", save_strategy="no", logging_steps=1, beta=0.0, seed=0,
-                  use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=False,
-                  vllm_gpu_memory_utilization=0.25)
+config = dict(output_dir=out_dir, use_cpu=True, bf16=False, num_generations=2, per_device_train_batch_size=4,
+              max_completion_length=12, learning_rate=5e-2, lr_scheduler_type="constant", max_steps=2,
+              report_to="none", save_strategy="no", logging_steps=1, beta=0.0, seed=0,
+              use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=False, vllm_gpu_memory_utilization=0.25)
+args = GRPOConfig(**{**config, **overrides})
 trainer = GRPOTrainer(model=model_dir, reward_funcs=[get_reward("math"), reward_length_shaping], args=args,
                       train_dataset=Dataset.from_list(rows), processing_class=tok)
 state = install_weight_sync(trainer)
@@ -56,23 +61,30 @@ prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}]
                                  add_generation_prompt=True)
 ids = tok(prompt, add_special_tokens=False)["input_ids"]
 trained = trainer.model.eval()
-base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+gathered = contextlib.nullcontext()
+if getattr(trainer, "is_deepspeed_enabled", False) and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+    import deepspeed  # each rank holds a shard: gather the whole trained model for the HF forward passes
+
+    gathered = deepspeed.zero.GatheredParameters(list(trained.parameters()))
+gathered.__enter__()
 with torch.no_grad():
-    continuation = trained.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                    pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+    continuation = trained.generate(torch.tensor([ids], device=device), max_new_tokens=12, do_sample=False,
+                                    eos_token_id=None, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
 sequence = ids + continuation
 
 def hf_logprobs(model):  # log p(token_t | tokens before t) for every token after the first
     with torch.no_grad():
-        logits = model(torch.tensor([sequence])).logits[0, :-1].float()
-    return torch.log_softmax(logits, -1).gather(1, torch.tensor(sequence[1:])[:, None])[:, 0].tolist()
+        logits = model(torch.tensor([sequence], device=device)).logits[0, :-1].float()
+    targets = torch.tensor(sequence[1:], device=device)[:, None]
+    return torch.log_softmax(logits, -1).gather(1, targets)[:, 0].tolist()
 
 out = trainer.vllm_generation.llm.generate([{"prompt_token_ids": sequence}],
                                            SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
 vllm_lp = [entry[tok_id].logprob for tok_id, entry in zip(sequence[1:], out[0].prompt_logprobs[1:])]
 trained_lp, base_lp = hf_logprobs(trained), hf_logprobs(base)
 gap = lambda a, b: max(abs(x - y) for x, y in zip(a, b))
-moved = max((p - q).abs().max().item() for p, q in zip(trained.parameters(), base.parameters()))
+moved = max((p.float() - q).abs().max().item() for p, q in zip(trained.parameters(), base.parameters()))
+gathered.__exit__(None, None, None)
 print("RESULT " + json.dumps({"vllm_vs_trained": gap(vllm_lp, trained_lp), "vllm_vs_base": gap(vllm_lp, base_lp),
                               "trained_vs_base": gap(trained_lp, base_lp), "path": state.path,
                               "syncs": state.syncs, "max_weight_change": moved,

@@ -54,6 +54,7 @@ class Generation:
     num_tokens: int
     finish_reason: str = "stop"  # "stop" or "length" (servers may report others, passed through)
     reasoning: str | None = None  # thinking-model reasoning content, when kept separately
+    prompt_tokens: int | None = None  # tokens of the prompt as the engine saw it (None: the engine did not say)
 
 
 class EngineError(RuntimeError):
@@ -90,6 +91,11 @@ class Engine(ABC):
     ) -> Generation:
         """One completion, awaited while other requests run; EngineError when the request fails for good."""
         raise NotImplementedError(f"engine {self.name or type(self).__name__} has no async path; use generate")
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted through `agenerate_one` and not yet finished (0 for engines without an async path)."""
+        return 0
 
     async def aclose(self) -> None:
         """Release what `agenerate_one` bound to the running event loop (HTTP clients, background tasks)."""

@@ -10,10 +10,10 @@ random stream.
 
 Guarantee: a request's completion depends only on (prompt, seed, sampling params, model, device,
 dtype), not on which other requests share its batch, the micro-batch size or the request order,
-as long as the model's logits for that row are bit-identical in and out of the batch. That held
-in float32 on CPU (the tests) and on an H200 GPU (24/24 requests); in bfloat16 on the GPU batched
-kernels differ in the last bits and about two thirds of sampled completions diverged somewhere
-(greedy ones did not). The same batch with the same seeds always repeats exactly. Unseeded
+as long as the model's logits for that row are bit-identical in and out of the batch. The tests
+check that in float32 on CPU; on a GPU, batched kernels (bfloat16 above all) can differ in the last
+bits, and a sampled completion can then depend on its batch. The same batch with the same seeds
+always repeats exactly. Unseeded
 requests get a fresh random seed each call. The model's own generation defaults (top_k, repetition penalty, ...) are not
 applied: sampling is exactly what `SamplingParams` says.
 """
@@ -224,7 +224,7 @@ class HFEngine(Engine):
         new_tokens = output[:, width:].tolist()
         eos = set(self.eos_token_ids)
         generations = []
-        for tokens, limit in zip(new_tokens, limits):
+        for prompt, tokens, limit in zip(prompts, new_tokens, limits):
             tokens = tokens[:limit]
             stop_at = next((j for j, t in enumerate(tokens) if t in eos), None)
             if stop_at is None:
@@ -234,7 +234,15 @@ class HFEngine(Engine):
                 body, num_tokens, finish = tokens[:stop_at], stop_at + 1, "stop"
             raw = self.tokenizer.decode([t for t in body if t not in self._skip_ids], skip_special_tokens=False)
             text, reasoning = split_reasoning(raw, self.reasoning)
-            generations.append(Generation(text=text, num_tokens=num_tokens, finish_reason=finish, reasoning=reasoning))
+            generations.append(
+                Generation(
+                    text=text,
+                    num_tokens=num_tokens,
+                    finish_reason=finish,
+                    reasoning=reasoning,
+                    prompt_tokens=len(prompt),
+                )
+            )
         return generations
 
     def close(self) -> None:

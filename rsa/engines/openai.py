@@ -260,6 +260,11 @@ class OpenAIEngine(Engine):
         async with semaphore:
             return await self._complete(client, body, "request" if seed is None else f"request (seed {seed})")
 
+    @property
+    def in_flight(self) -> int:
+        """HTTP requests in flight over every base URL."""
+        return sum(self._in_flight.values())
+
     async def aclose(self) -> None:
         """Close the HTTP client `agenerate_one` opened on the running event loop."""
         state, self._session_state = self._session_state, None
@@ -454,8 +459,13 @@ class OpenAIEngine(Engine):
         if num_tokens is None:
             num_tokens = self.count_tokens(content + (reasoning or ""))
             logger.debug("response without usage; counted %d completion tokens locally", num_tokens)
+        prompt_tokens = usage.get("prompt_tokens")
         return Generation(
-            text=text, num_tokens=int(num_tokens), finish_reason=choice.get("finish_reason") or "stop", reasoning=kept
+            text=text,
+            num_tokens=int(num_tokens),
+            finish_reason=choice.get("finish_reason") or "stop",
+            reasoning=kept,
+            prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else None,
         )
 
 

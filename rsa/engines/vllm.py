@@ -204,6 +204,7 @@ class VLLMEngine(Engine):
             num_tokens=len(completion.token_ids),
             finish_reason=completion.finish_reason or "stop",
             reasoning=reasoning,
+            prompt_tokens=len(output.prompt_token_ids) if output.prompt_token_ids is not None else None,
         )
 
     async def agenerate_one(
@@ -227,6 +228,11 @@ class VLLMEngine(Engine):
             self._abort(request_id)
             raise
         return self._generation(output)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted through `agenerate_one` and not yet finished."""
+        return len(self._waiting)
 
     def _abort(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
