@@ -284,20 +284,19 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
         self.out = str(self.out)
-        _check_choice("method", self.method, METHODS)
-        _check_choice("final", self.final, FINAL_RULES)
-        _check_choice("thinking", self.thinking, THINKING_MODES)
-        _check_choice("schedule", self.schedule, SCHEDULES)
         if self.repair and not self.resume:
             raise ValueError("--repair works on an existing run: pass it with --resume")
         self.check_engine_options()
         self.check_sampling()
         self.check_data()
-        self.loop_config(self.max_new_tokens or 1)  # population, K, steps, method
+        # method, N, K, T, final rule, thinking mode, schedule: checked by LoopConfig, the one place that does
+        self.loop_config(self.max_new_tokens or 1)
         check_out_dir(Path(self.out), "--out")
 
     def loop_config(self, max_new_tokens: int | None = None) -> LoopConfig:
-        """The `rsa.loop.LoopConfig` of this evaluation (`max_new_tokens` overrides an unresolved auto value)."""
+        """The `rsa.loop.LoopConfig` of this evaluation (`max_new_tokens` overrides an unresolved auto value).
+
+        `rsa.evaluate.prepare_eval` builds it once `max_new_tokens` is known and carries it to the engine call."""
         return LoopConfig(
             method=self.method,
             population=self.population,

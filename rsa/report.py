@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsa.runs import FINAL, MANIFEST, RunDirectory, write_text_atomic
+from rsa.jsonl import write_text_atomic
+from rsa.runs import FINAL, MANIFEST, RunDirectory
 
 logger = logging.getLogger(__name__)
 

@@ -98,7 +98,7 @@ def test_config_file_and_command_line_precedence(tmp_path, capsys, no_engine, ti
     config.write_text("population: 1\nthinking: sideways\n")
     code, _, err = run_cli([*base_argv(tiny_model_dir, tmp_path / "run"), "--config", str(config)], capsys)
     # the file's thinking mode is used; its population 1 is overridden by --population 2 (else K=2 > N=1)
-    assert code == 2 and "--thinking 'sideways': choose one of strip, keep" in err
+    assert code == 2 and "unknown thinking mode 'sideways'; choose one of strip, keep" in err
     config.write_text("populaton: 3\n")
     code, _, err = run_cli([*base_argv(tiny_model_dir, tmp_path / "run"), "--config", str(config)], capsys)
     assert code == 2 and "unknown option(s) populaton" in err

@@ -4,7 +4,7 @@
         --population 16 --k 4 --steps 10 --seed 1234 --out runs/aime25-rsa
     rsa eval --config configs/eval/aime25_rsa.yaml --seed 1235 --out runs/aime25-rsa-s1235
 
-writes a run directory (see `rsa.runs`) with per-step Pass@1, Pass@N, majority vote and lengths;
+writes a run directory (see `rsa.runs`; `rsa.evaluate` runs it) with per-step Pass@1, Pass@N, majority vote and lengths;
 `--resume` continues a killed run from its last completed step. Every input is validated before a
 model is loaded. Options can also come from a YAML file (`--config FILE.yaml`, keys named like the
 options with underscores); options given on the command line win. The options are the fields of
@@ -37,13 +37,13 @@ def main(argv: list[str]) -> int:
 def run(config) -> int:
     """Validate everything, build the engine, run the evaluation, print the per-step table."""
     from rsa.engines.base import EngineError
-    from rsa.evaluate import execute_eval, prepare_eval
-    from rsa.runs import DISK_FULL
+    from rsa.evaluate import failure_summary, prepare_eval, run_eval
+    from rsa.jsonl import DISK_FULL
 
     try:
         plan = prepare_eval(config)
         was_complete = plan.complete
-        summaries = execute_eval(plan)
+        summaries = run_eval(plan)
     except OSError as exc:
         if exc.errno in DISK_FULL:  # the run folder keeps everything committed before the write that failed
             print(
@@ -64,8 +64,6 @@ def run(config) -> int:
         return 1
     print(format_summary_table(summaries))
     print(f"run directory: {config.out}" + (" (already complete)" if was_complete else ""))
-    from rsa.runs import failure_summary
-
     failures = failure_summary(summaries)
     if failures:  # the run finished, but some requests failed after retries: exit 3, --resume retries them
         print(f"rsa eval: {failures}", file=sys.stderr)

@@ -58,7 +58,7 @@ def score_file(input_path: Path, output_path: Path) -> tuple[int, list[str]]:
     skipped. The output goes to a temporary file renamed into place at the end. ValueError before any work
     when the output would overwrite the input. Both files are kept out of sight of sandboxed programs.
     """
-    from rsa.runs import open_atomic
+    from rsa.jsonl import open_atomic
     from rsa.sandbox import hide_from_programs
 
     if not input_path.exists():
