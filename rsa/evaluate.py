@@ -84,7 +84,9 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
     logger.info("%d problems from %s", len(problems), config.dataset)
     check_context_early(config, options, problems, context)
 
-    run_dir = RunDirectory(config.out)
+    run_dir = RunDirectory(config.out, log_prompts=config.log_prompts)
+    if config.resume_if_exists:  # resume what is there, else start
+        config = replace(config, resume=run_dir.exists())
     if run_dir.exists():
         read_manifest(Path(config.out) / MANIFEST)  # a clear error for a damaged manifest, before anything else
         if not config.resume:

@@ -164,6 +164,7 @@ class Member:
     truncated_parents: int = 0  # how many of the parents had to be shortened to fit the context
     seed: int | None = None
     error: str | None = None  # set when the request failed: the member is empty and scores 0
+    prompt: Conversation | None = field(default=None, repr=False, compare=False)  # the request's messages
     _prompt_tokens: int | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -377,6 +378,7 @@ class RSALoop:
                 truncated_parents=request.truncated,
                 seed=request.seed,
                 error=outcome,
+                prompt=request.conversation,
             )
         task, problem = self.tasks[request.problem_index], self.problems[request.problem_index]
         extracted = task.extract(outcome.text)
@@ -390,6 +392,7 @@ class RSALoop:
             reasoning=outcome.reasoning,
             truncated_parents=request.truncated,
             seed=request.seed,
+            prompt=request.conversation,
         )
 
     def describe_failure(self, request: _Request, exc: BaseException) -> str:

@@ -31,6 +31,7 @@ from rsa.engines.base import (
     Engine,
     Generation,
     SamplingParams,
+    canonical_dtype,
     check_reasoning_mode,
     request_seeds,
     split_reasoning,
@@ -116,6 +117,7 @@ class HFEngine(Engine):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        dtype = canonical_dtype(dtype)
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)
