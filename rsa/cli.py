@@ -46,7 +46,7 @@ def unknown_options(argv: Iterable[str], known: Iterable[str]) -> list[str]:
         name = item.partition("=")[0]
         if name in known or len([k for k in known if k.startswith(name)]) == 1:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         messages.append(f"{name} (did you mean {close[0]}?)" if close else name)
     return messages
 

@@ -534,7 +534,7 @@ def check_model(model: str, engine: str) -> str:
             return model  # cached: the engine loads it without the network
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise FileNotFoundError(
-                f"--model {model}: no such directory, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+                f"--model {model}: no such directory ({path.absolute()}), and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
                 f"{_build_hint(model)}"
             )
         _check_on_hub(model)  # one quick request instead of the engine's minute of retries
