@@ -248,8 +248,8 @@ def generate_reasoning_gym(tasks: Iterable[str], size: int, seed: int = 0) -> li
     names = list(tasks)
     unknown = [n for n in names if n not in factory.DATASETS]
     if unknown:
-        hints = [f"{n!r}{_did_you_mean(n, factory.DATASETS)}" for n in unknown]
-        raise ValueError(f"unknown Reasoning Gym task(s) {', '.join(hints)}; see reasoning_gym.factory.DATASETS")
+        hints = "".join(_did_you_mean(n, factory.DATASETS) for n in unknown)
+        raise ValueError(f"unknown Reasoning Gym task(s) {unknown}{hints}; see reasoning_gym.factory.DATASETS")
     if size < 1:
         raise ValueError(f"Reasoning Gym size must be >= 1, got {size}")
     per_task = [size // len(names) + (1 if i < size % len(names) else 0) for i in range(len(names))]
