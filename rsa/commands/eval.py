@@ -82,6 +82,10 @@ def resume_defaults(argv: list[str]) -> dict | None:
             values = None  # parse_config reports the bad file
         out = values.get("out") if isinstance(values, dict) else None
     if not out or not (Path(out) / MANIFEST).is_file():
+        if out and "--resume" in flags and not (Path(out) / MANIFEST).exists():
+            raise FileNotFoundError(
+                f"--resume: {out} holds no run (no {MANIFEST}); start it without --resume, or pass --resume_if_exists"
+            )
         return None
     config = read_manifest(Path(out) / MANIFEST).get("config")
     if not isinstance(config, dict):
