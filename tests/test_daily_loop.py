@@ -17,16 +17,14 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from test_eval_cli import base_argv
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def eval_argv(model: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "eval", "--engine", "hf", "--model", model, "--dataset", "rg:basic_arithmetic", "--limit", "2",
-        "--population", "2", "--k", "2", "--steps", "1", "--max-new-tokens", "8", "--dtype", "fp32",
-        "--no-progress", "--out", str(out), *extra,
-    ]  # fmt: skip
+    """tests/test_eval_cli.py's run at T=1, with a dtype alias; a later option wins over an earlier one."""
+    return base_argv(model, out, "--steps", "1", "--dtype", "fp32", *extra)
 
 
 def population(run: Path, step: int) -> bytes:
@@ -176,9 +174,7 @@ def test_unknown_flags_are_reported_first_with_a_suggestion(tmp_path, capsys):
     [("rg:basic_arithmetc", "did you mean 'basic_arithmetic'?"), ("aime2025", "did you mean 'aime25'?")],
 )
 def test_dataset_typos_get_a_suggestion(tmp_path, capsys, no_engine, tiny_model_dir, dataset, hint):
-    argv = eval_argv(tiny_model_dir, tmp_path / "o")
-    argv[argv.index("rg:basic_arithmetic")] = dataset
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--dataset", dataset), capsys)
     assert code == 2 and hint in err
 
 
@@ -188,16 +184,13 @@ def test_dtype_aliases(tmp_path, capsys, no_engine, tiny_model_dir):
     assert [canonical_dtype(n) for n in ("bf16", "fp16", "half", "fp32", "float", "torch.bfloat16", "auto")] == [
         "bfloat16", "float16", "float16", "float32", "float32", "bfloat16", "auto"
     ]  # fmt: skip
-    argv = eval_argv(tiny_model_dir, tmp_path / "o")
-    argv[argv.index("fp32")] = "bf8"
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--dtype", "bf8"), capsys)
     assert code == 2 and "--dtype 'bf8': unknown dtype; choose one of auto, bfloat16 (bf16)" in err
 
 
 def test_ctrl_c_prints_one_line_naming_resume(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
-    argv = eval_argv(tiny_model_dir, run)
-    argv[argv.index("--steps") + 1] = "60"
+    argv = eval_argv(tiny_model_dir, run, "--steps", "60")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rsa.cli", *argv], env=subprocess_env(), stderr=subprocess.PIPE, text=True
     )
