@@ -332,14 +332,17 @@ def test_openai_engine_request_lines_only_with_verbose(tmp_path, verbose):
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_atomic_files_follow_the_umask(tmp_path, umask):
+    from rsa.augment.output import write_dataset
     from rsa.runs import write_json_atomic
 
     old = os.umask(umask)
     try:
         write_json_atomic(tmp_path / "manifest.json", {"a": 1})
+        write_dataset([], tmp_path / "train.parquet")
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o666 & ~umask
+    for name in ("manifest.json", "train.parquet"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
 
 
 def test_logging_setup_quietens_http_clients():
