@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -239,6 +240,23 @@ def test_unreachable_hub_after_augment_prints_one_line_and_keeps_the_dataset(
     (line,) = [line for line in err.splitlines() if "push" in line]
     assert line.startswith("rsa augment: could not push to the Hub (") and f"the dataset is kept in {out}" in line
     assert (out / "train.parquet").is_file()
+
+    # what the line says works: once the Hub answers, the same command with --resume pushes the kept build
+    from test_publish import HubStandIn
+
+    hub = HubStandIn()
+    thread = threading.Thread(target=hub.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
+        code, out_text, err = run_cli([*argv, "--resume"], capsys)
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert code == 0, err
+    assert "pushed to the Hub:" in out_text and "dataset/me/agg" in hub.repos
 
 
 # ----- 6. a missing local model path -----------------------------------------------------------------------------
