@@ -49,12 +49,16 @@ def subprocess_env(**extra: str) -> dict:
 # ----- 1. resume by folder, resume-if-present, extend a finished run -------------------------------------------
 def test_resume_by_folder_alone_and_flags_must_agree(tmp_path, capsys, tiny_model_dir):
     run = tmp_path / "run"
-    code, _, err = run_cli(eval_argv(tiny_model_dir, run), capsys)
+    engine_arg = ["--engine-arg", "attn_implementation=eager"]  # a list option
+    code, _, err = run_cli(eval_argv(tiny_model_dir, run, *engine_arg), capsys)
     assert code == 0, err
     # nothing but the folder: model, dataset and settings come from the manifest
     code, out, err = run_cli(["eval", "--out", str(run), "--resume"], capsys)
     assert code == 0, err
     assert "already complete" in out
+    # a list option given again replaces the run's value (it does not add to it)
+    code, out, err = run_cli(["eval", "--out", str(run), "--resume", *engine_arg], capsys)
+    assert code == 0 and "already complete" in out, err
     # an option that disagrees with the run is refused, naming it
     code, _, err = run_cli(["eval", "--out", str(run), "--resume", "--population", "3"], capsys)
     assert code == 2 and "config.population: run has 2, now 3" in err

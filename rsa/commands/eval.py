@@ -91,7 +91,9 @@ def resume_defaults(argv: list[str]) -> dict | None:
     if not isinstance(config, dict):
         raise ValueError(f"{Path(out) / MANIFEST}: no `config` section; resume with every option given")
     known = set(config_fields(EvalConfig)) - set(_NOT_INHERITED)
-    return {key: value for key, value in config.items() if key in known}
+    # an option on the command line replaces the run's value (list options such as --engine-arg would add to it)
+    given = {item.partition("=")[0].lstrip("-").replace("-", "_") for item in argv if item.startswith("--")}
+    return {key: value for key, value in config.items() if key in known and key not in given}
 
 
 def run(config) -> int:
