@@ -232,6 +232,14 @@ def load_hf(name: str, split: str = "train", task: str | None = None, limit: int
     return load_rows(data, f"hf:{name}", task)
 
 
+def _did_you_mean(name: str, known) -> str:
+    """` (did you mean X?)` for the closest of `known` to a mistyped `name`, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def generate_reasoning_gym(tasks: Iterable[str], size: int, seed: int = 0) -> list[Problem]:
     """`size` Reasoning Gym problems spread evenly over `tasks`, generated offline from `seed`."""
     import reasoning_gym
@@ -240,7 +248,8 @@ def generate_reasoning_gym(tasks: Iterable[str], size: int, seed: int = 0) -> li
     names = list(tasks)
     unknown = [n for n in names if n not in factory.DATASETS]
     if unknown:
-        raise ValueError(f"unknown Reasoning Gym task(s) {unknown}; see reasoning_gym.factory.DATASETS")
+        hints = "".join(_did_you_mean(n, factory.DATASETS) for n in unknown)
+        raise ValueError(f"unknown Reasoning Gym task(s) {unknown}{hints}; see reasoning_gym.factory.DATASETS")
     if size < 1:
         raise ValueError(f"Reasoning Gym size must be >= 1, got {size}")
     per_task = [size // len(names) + (1 if i < size % len(names) else 0) for i in range(len(names))]
@@ -289,7 +298,7 @@ def load_problems(
         problems = load_file(spec, task, limit)
     else:
         raise ValueError(
-            f"unknown dataset {spec!r}: give a .parquet/.jsonl/.json path, a built-in name "
+            f"unknown dataset {spec!r}{_did_you_mean(spec, BENCHMARKS)}: give a .parquet/.jsonl/.json path, a built-in name "
             f"({', '.join(BENCHMARKS)}), hf:<repo>[:<split>], or rg:<task>[+<task>...]"
         )
     return problems[:limit] if limit is not None else problems

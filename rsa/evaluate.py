@@ -317,12 +317,14 @@ def prepare_eval(config: EvalConfig) -> EvalPlan:
     if not problems:
         raise ValueError(f"--dataset {config.dataset}: no problems")
     logger.info("%d problems from %s", len(problems), config.dataset)
-    plan = EvalPlan(config, problems, options, RunDirectory(config.out))
+    plan = EvalPlan(config, problems, options, RunDirectory(config.out, log_prompts=config.log_prompts))
     if config.max_new_tokens is not None:
         plan.loop_config = config.loop_config()
         check_context_early(config, options, problems, context, plan.loop_config)
 
     run_dir = plan.run_dir
+    if config.resume_if_exists:  # resume what is there, else start
+        config = plan.config = replace(config, resume=run_dir.exists())
     if run_dir.exists():
         read_manifest(Path(config.out) / MANIFEST)  # a clear error for a damaged manifest, before anything else
         if not config.resume:

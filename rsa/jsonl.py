@@ -130,6 +130,20 @@ def _naming(exc: BaseException, path: Path) -> BaseException:
     return exc
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status) where possible."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def open_atomic(path: Path) -> Iterator[TextIO]:
     """A text file to write `path` through: a temporary file next to it, fsynced and renamed into place when
@@ -138,6 +152,8 @@ def open_atomic(path: Path) -> Iterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600; a run's files follow the umask like any other file the user writes
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yield fh
             fh.flush()

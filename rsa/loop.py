@@ -162,6 +162,7 @@ class Member:
     candidate_tokens: int | None = field(default=None, repr=False, compare=False)
     #: tokens of the prompt it was generated from, as the engine reported them (not in records)
     prompt_tokens: int | None = field(default=None, repr=False, compare=False)
+    prompt: Conversation | None = field(default=None, repr=False, compare=False)  # the request's messages
 
     @property
     def failed(self) -> bool:
@@ -288,6 +289,7 @@ class RSALoop:
                 truncated_parents=request.truncated,
                 seed=request.seed,
                 error=outcome,
+                prompt=request.conversation,
             )
         task, problem = self.tasks[request.problem_index], self.problems[request.problem_index]
         extracted = task.extract(outcome.text)
@@ -302,6 +304,7 @@ class RSALoop:
             truncated_parents=request.truncated,
             seed=request.seed,
             prompt_tokens=outcome.prompt_tokens,
+            prompt=request.conversation,
         )
 
     def describe_failure(self, request: _Request, exc: BaseException) -> str:

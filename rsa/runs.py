@@ -54,6 +54,7 @@ from pathlib import Path
 
 from rsa.jsonl import append_jsonl, cut_torn_tail, read_jsonl, read_jsonl_lines, write_json_atomic, write_jsonl_atomic
 from rsa.loop import LoopConfig, Member, Population
+from rsa.methods import METHOD_TABLE
 from rsa.provenance import manifest_differences, package_versions, problems_digest
 from rsa.tasks import Problem
 from rsa.tasks.base import PROMPT_VERSION
@@ -85,6 +86,8 @@ OPERATIONAL_KEYS = frozenset(
         "schedule",
         "allow_existing_dir",
         "repair",
+        "resume_if_exists",
+        "log_prompts",
     }
 )
 
@@ -118,13 +121,17 @@ def build_manifest(
 
 
 # ----- the run directory --------------------------------------------------------------------------------------
-def member_record(problem: Problem, problem_index: int, step: int, slot: int, member: Member) -> dict:
-    """The population-file record of one member."""
-    return {
+def member_record(
+    problem: Problem, problem_index: int, step: int, slot: int, member: Member, *, log_prompt: bool = False
+) -> dict:
+    """The population-file record of one member: with the problem's gold answer, and (`log_prompt`) the prompt
+    it was generated from, when known."""
+    record = {
         "problem_id": problem.id,
         "problem_index": problem_index,
         "step": step,
         "slot": slot,
+        "gold": problem.answer,
         "text": member.text,
         "reasoning": member.reasoning,
         "extracted": member.extracted,
@@ -136,6 +143,9 @@ def member_record(problem: Problem, problem_index: int, step: int, slot: int, me
         "seed": member.seed,
         "error": member.error,
     }
+    if log_prompt and member.prompt is not None:
+        record["prompt"] = member.prompt
+    return record
 
 
 def member_from_record(record: dict) -> Member:
@@ -151,6 +161,7 @@ def member_from_record(record: dict) -> Member:
         truncated_parents=record.get("truncated_parents", 0),
         seed=record.get("seed"),
         error=record.get("error"),
+        prompt=record.get("prompt"),
     )
 
 
@@ -173,8 +184,9 @@ def _lock_holder(fd: int) -> str:
 class RunDirectory:
     """A run directory (see the module docstring): create it, commit steps, reload them to resume."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, log_prompts: bool = False) -> None:
         self.path = Path(path)
+        self.log_prompts = log_prompts  # population records keep each member's prompt
         self._lock_fd: int | None = None
 
     def acquire(self) -> None:
@@ -276,9 +288,29 @@ class RunDirectory:
         if not self.exists():
             raise FileNotFoundError(f"--resume: {self.path} holds no run (no {MANIFEST}); start it without --resume")
         self.acquire()
-        diffs = manifest_differences(self.manifest, manifest, ignore=OPERATIONAL_KEYS)
+        old_steps, new_steps = self.manifest.get("config", {}).get("steps"), manifest.get("config", {}).get("steps")
+        # RSA steps run in order, so a larger T keeps steps 1..T as they are and adds the rest (single-agg's two
+        # steps depend on T, so it cannot grow)
+        extend = (
+            isinstance(old_steps, int) and isinstance(new_steps, int) and new_steps > old_steps
+            and not METHOD_TABLE[manifest.get("config", {}).get("method", "rsa")].single_aggregation
+        )  # fmt: skip
+        diffs = [
+            d
+            for d in manifest_differences(self.manifest, manifest, ignore=OPERATIONAL_KEYS)
+            if not (extend and d.startswith("config.steps:"))
+        ]
         if diffs:
             raise ValueError(f"cannot resume {self.path}: the run's settings differ: " + "; ".join(diffs))
+        if extend:  # the manifest says what the run now is; `extended` keeps the history
+            stored = self.manifest
+            stored["config"]["steps"] = new_steps
+            stored.setdefault("extended", []).append(
+                {"steps": [old_steps, new_steps], "at": manifest.get("created"), "command": manifest.get("command")}
+            )
+            write_json_atomic(self.path / MANIFEST, stored)
+            (self.path / FINAL).unlink(missing_ok=True)  # the run is unfinished again; written anew at its end
+            logger.info("%s: extending the run from %d to %d steps", self.path, old_steps, new_steps)
         old_cfg = self.manifest.get("config", {})
         for key in sorted(OPERATIONAL_KEYS & (set(old_cfg) | set(manifest.get("config", {})))):
             if old_cfg.get(key) != manifest["config"].get(key) and key not in ("out", "resume", "repair"):
@@ -349,7 +381,10 @@ class RunDirectory:
             "step": step,
             "problem_index": problem_index,
             "problem_id": problem.id,
-            "members": [member_record(problem, problem_index, step, slot, m) for slot, m in enumerate(members)],
+            "members": [
+                member_record(problem, problem_index, step, slot, m, log_prompt=self.log_prompts)
+                for slot, m in enumerate(members)
+            ],
         }
         self.pending_file(step).parent.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.pending_file(step), record)
@@ -369,7 +404,10 @@ class RunDirectory:
                         "step": step,
                         "problem_index": pi,
                         "problem_id": problem.id,
-                        "members": [member_record(problem, pi, step, slot, m) for slot, m in enumerate(population)],
+                        "members": [
+                            member_record(problem, pi, step, slot, m, log_prompt=self.log_prompts)
+                            for slot, m in enumerate(population)
+                        ],
                     }
                     for pi, (problem, population) in enumerate(zip(problems, populations))
                 ),
@@ -405,7 +443,7 @@ class RunDirectory:
         write_jsonl_atomic(
             self.step_file(POPULATION_DIR, step),
             (
-                member_record(problem, pi, step, slot, member)
+                member_record(problem, pi, step, slot, member, log_prompt=self.log_prompts)
                 for pi, (problem, population) in enumerate(zip(problems, generated))
                 for slot, member in enumerate(population)
             ),

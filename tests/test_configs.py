@@ -92,7 +92,7 @@ def test_argparse_level_errors_exit_2(tmp_path, capsys, no_engine, tiny_model_di
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--temperature", "warm"), capsys)
     assert code == 2 and "invalid float value: 'warm'" in err
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--populaton", "3"), capsys)
-    assert code == 2 and "unknown option(s) --populaton 3" in err
+    assert code == 2 and "unknown option(s) --populaton (did you mean --population?)" in err
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--engine", "tgi"), capsys)
     assert code == 2 and "invalid choice" in err
 

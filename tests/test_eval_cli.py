@@ -151,8 +151,8 @@ def test_eval_then_report_on_tiny_model(tmp_path, capsys, tiny_model_dir):
     # running again into the same directory without --resume is refused; with --resume it is a no-op
     code, _, err = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "3"), capsys)
     assert code == 2 and "already holds a run; pass --resume" in err
-    code, _, err = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "4", "--resume"), capsys)
-    assert code == 2 and "config.steps: run has 3, now 4" in err
+    code, _, err = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "3", "--population", "3", "--resume"), capsys)
+    assert code == 2 and "config.population: run has 2, now 3" in err
     code, out, _ = run_cli(base_argv(tiny_model_dir, rsa_run, "--steps", "3", "--resume"), capsys)
     assert code == 0 and "already complete" in out
 

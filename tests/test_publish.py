@@ -555,12 +555,12 @@ def test_dataset_card_of_an_imported_verl_file(tmp_path):
 
 
 def test_rsa_augment_push_to_hub(hub, tiny_model_dir, tmp_path, capsys):
-    """`rsa augment --push-to-hub` builds, then pushes the folder as a dataset repo with its card."""
+    """`rsa augment --push_to_hub --hub_model_id REPO` builds, then pushes the folder as a dataset repo with its card."""
     out = tmp_path / "agg"
     argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32", "--dataset",
             "rg:basic_arithmetic", "--size", "3", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "8",
             "--train-context-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress",
-            "--push-to-hub", "me/agg-cli", "--hub-private", "--hub-revision", "v1"]  # fmt: skip
+            "--push_to_hub", "--hub_model_id", "me/agg-cli", "--hub-private", "--hub-revision", "v1"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     assert hub.repos["dataset/me/agg-cli"]["visibility"] == "private"
     (commit,) = hub.commits
@@ -572,6 +572,6 @@ def test_rsa_augment_push_to_hub_refused_offline_before_any_work(tiny_model_dir,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "agg"
     argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dataset", "rg:basic_arithmetic", "--size", "3",
-            "--out", str(out), "--push-to-hub", "me/agg-cli"]  # fmt: skip
+            "--out", str(out), "--push-to-hub", "--hub-model-id", "me/agg-cli"]  # fmt: skip
     assert main(argv) == 2
     assert "offline" in capsys.readouterr().err and not out.exists()
