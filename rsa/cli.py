@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from rsa import __version__
+
 # Subcommand modules, in the order `rsa --help` lists them.
 COMMANDS = [
     "tiny_model",
@@ -21,6 +23,8 @@ COMMANDS = [
     "publish",
     "augment",
     "train",
+    "datasets",
+    "env",
 ]
 # Subcommands that parse their own arguments (`rsa.commands.<name>.main(argv)`).
 CONFIG_COMMANDS = {"eval", "augment"}
@@ -47,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = RsaParser(prog="rsa", description="Recursive self-aggregation: evaluate, augment, train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (rsa-rl)")
     # subcommand parsers are plain: only the top level dispatches config commands
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
     for name in COMMANDS:
