@@ -190,8 +190,8 @@ def test_training_recipe_with_missing_tiny_model_says_how_to_build_it(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "model_name_or_path models/tiny: no such directory" in proc.stderr
-    assert "rsa tiny-model --out models/tiny" in proc.stderr
+    assert "model_name_or_path ./models/tiny: no such directory" in proc.stderr
+    assert "rsa tiny-model --out ./models/tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
