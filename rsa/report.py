@@ -372,7 +372,10 @@ def group_rows(groups: list[Group]) -> list[dict]:
         row = {
             "group": group.name,
             "runs": len(group.runs),
-            "seeds": " ".join(str(s) for s in group.seeds),
+            "seeds": " ".join(str(s) for s in sorted(set(group.seeds), key=str)),
+            "models": len(
+                {str(run.manifest.get("model", {}).get("path") or run.config.get("model")) for run in group.runs}
+            ),
             "method": group.method,
             "dataset": cfg.get("dataset"),
             "N": cfg.get("population"),
@@ -669,7 +672,7 @@ def write_report(
     parts = [
         "# RSA report\n",
         f"{len(runs)} runs in {len(groups)} groups: runs that differ only in their seed (and models trained with "
-        "different seeds) form one group. Accuracies in percent, mean ± std over the group's runs (sample std); "
+        "different seeds; `models` counts them) form one group. Accuracies in percent, mean ± std over the group's runs (sample std); "
         "step 1 is plain sampling, step T the last step every run of the group completed. `final answer` is the "
         "accuracy of the final answers under the run's final rule ("
         + "; ".join(f"`{rule}`: {FINAL_RULES.get(rule, rule)}" for rule in rules)

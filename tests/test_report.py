@@ -172,7 +172,8 @@ def test_the_majority_baseline_is_drawn_against_samples_per_problem(tmp_path):
     paths = write_report([rsa_run, vote], tmp_path / "report", resamples=50)
     text = paths["markdown"].read_text()
     assert (
-        "| m, method=majority | 1 | 1234 | majority | rg:toy | 4 | 2 | 3 | random (one member, not the vote) |" in text
+        "| m, method=majority | 1 | 1234 | 1 | majority | rg:toy | 4 | 2 | 3 | random (one member, not the vote) |"
+        in text
     )
     assert "`random`: one random member of the last population" in text
     row = next(r for r in csv.DictReader(paths["groups"].open()) if r["method"] == "majority")
