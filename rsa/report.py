@@ -221,7 +221,11 @@ class Group:
 
 
 def _model_name(runs: Sequence[RunSummary]) -> str:
-    names = sorted({Path(str(run.config.get("model", "?"))).name for run in runs}, key=_natural)
+    return _common_name([Path(str(run.config.get("model", "?"))).name for run in runs])
+
+
+def _common_name(names: Sequence[str]) -> str:
+    names = sorted(set(names), key=_natural)
     if len(names) == 1:
         return names[0]
     prefix = os.path.commonprefix(names)  # training seeds pooled: `standard-t0`, `standard-t1` -> `standard-t*`
@@ -526,9 +530,9 @@ def _draw_group(ax, group: Group, x, mean, std) -> None:
 
 def _y_limits(axes, highs: list[float]) -> None:
     """One y-scale for all panels: 0 to a little above the highest mean + std, at least 5% (an all-zero run gets
-    0..5 rather than a range around zero), at most 100."""
+    0..5 rather than a range around zero), at most 102 (so that 100% is not drawn on the frame)."""
     top = max(highs, default=0.0)
-    top = min(100.0, max(5.0, top + max(2.0, 0.05 * top)))
+    top = min(102.0, max(5.0, top + max(2.0, 0.05 * top)))  # 102: a line at 100% stays visible
     for ax in axes:
         ax.set_ylim(0.0, top)
 
@@ -557,6 +561,9 @@ def group_figure(groups: dict[str, list[RunSummary]] | list[Group], keys=PLOTTED
         ax.set_title(title)
         if members is voting:
             ax.set_xlabel("samples per problem (N x t)")
+            ticks = sorted({int(x) for g in members for x in _series(g, key)[0]})
+            if len(ticks) <= 12:
+                ax.set_xticks(ticks)
         else:
             ax.set_xlabel("RSA step")
             last = max(g.steps() for g in members)
@@ -604,7 +611,8 @@ def training_step_figure(groups: list[Group], keys=PLOTTED):
     highs = []
     for index, members in enumerate(sweeps.values()):
         colour = members[0].colour
-        name = Path(str(members[0].config.get("model", "?"))).parent.name or "checkpoints"
+        folders = [Path(str(run.config.get("model", "?"))).parent.name for g in members for run in g.runs]
+        name = _common_name(folders) or "checkpoints"
         for ax, (key, title) in zip(axes[0], keys):
             x = np.array([g.training_step for g in members])
             for where, style in (("first", "--"), ("last", "-")):

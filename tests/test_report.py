@@ -200,6 +200,7 @@ def test_a_checkpoint_sweep_is_plotted_against_the_training_step(tmp_path):
     try:
         ax = fig.axes[0]
         assert ax.get_xlabel() == "training step (checkpoint)"
+        assert [line.get_label() for line in ax.lines] == ["out-t*: step 1", "out-t*: RSA last step"]  # seeds pooled
         assert [list(line.get_xdata()) for line in ax.lines] == [[100, 200, 300]] * 2  # step 1 and last step
         expected = [np.mean([load_run(r).steps[-1]["pass_at_1"] * 100 for r in runs if f"ckpt{s}" in r.name])
                     for s in (100, 200, 300)]  # fmt: skip
