@@ -209,3 +209,44 @@ def test_a_checkpoint_sweep_is_plotted_against_the_training_step(tmp_path):
         plt.close(fig)
     paths = write_report(runs, tmp_path / "report", resamples=50)
     assert paths["by_training_step"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_demo_layout_gives_one_line_with_a_band_per_arm(tmp_path, capsys):
+    """`rsa demo`'s layout: eval/<arm>-t<train seed>-s<RSA seed> over models/<arm>-t<seed> that hold a training
+    record; the base has no training seed. The folder alone gives one group per arm; the demo names them."""
+    from rsa.toyworld.evidence import ARM_NAMES
+
+    eval_dir, names = tmp_path / "eval", {}
+    for rsa_seed in (1234, 1235):
+        names[write_run(eval_dir / f"base-s{rsa_seed}", [0.3, 0.5], seed=rsa_seed, model=str(tmp_path / "base"))] = (
+            "base"
+        )
+        for arm, rate in (("standard", 0.5), ("offline", 0.4)):
+            for train_seed in (0, 1):
+                model = tmp_path / "models" / f"{arm}-t{train_seed}"
+                model.mkdir(parents=True, exist_ok=True)
+                record = {"script_args": {"arm": arm}, "training_args": {"seed": train_seed, "output_dir": str(model)}}
+                (model / "rsa_training.json").write_text(json.dumps(record))
+                run = write_run(eval_dir / f"{arm}-t{train_seed}-s{rsa_seed}", [rate, rate + 0.2], seed=rsa_seed,
+                                model=str(model))  # fmt: skip
+                names[run] = ARM_NAMES[arm]
+    code, _, err = run_cli(["report", str(eval_dir)], capsys)
+    assert code == 0, err
+    groups = list(csv.DictReader((eval_dir / "report" / "groups.csv").open()))
+    assert [(g["group"], g["runs"], g["models"]) for g in groups] == [
+        ("base", "2", "1"), ("offline-t*", "4", "2"), ("standard-t*", "4", "2")
+    ]  # fmt: skip
+    paths = write_report(list(names), tmp_path / "report", names=names, resamples=50)
+    markdown = paths["markdown"].read_text()
+    for row in csv.DictReader(paths["groups"].open()):
+        mean, std = float(row["pass@1 step T (%) mean"]), float(row["pass@1 step T (%) std"])
+        assert f"| {row['group']} | {row['runs']} |" in markdown and f"{mean:.1f} ± {std:.1f}" in markdown
+    fig = group_figure(group_runs([load_run(p) for p in names], names))
+    try:
+        ax = fig.axes[0]
+        assert [line.get_label() for line in ax.lines] == [
+            "base (2 runs)", "standard RL (4 runs)", "agg-aware RL (offline, paper)" + " (4 runs)"
+        ]  # fmt: skip
+        assert len(ax.collections) == 3  # a band per arm
+    finally:
+        plt.close(fig)
