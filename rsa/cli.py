@@ -15,6 +15,8 @@ import logging
 import sys
 from collections.abc import Iterable
 
+from rsa import __version__
+
 # Subcommand modules, in the order `rsa --help` lists them.
 COMMANDS = [
     "tiny_model",
@@ -27,6 +29,8 @@ COMMANDS = [
     "augment",
     "train",
     "serve",
+    "datasets",
+    "env",
 ]
 # Subcommands that parse their own arguments (`rsa.commands.<name>.main(argv)`).
 CONFIG_COMMANDS = {"eval", "augment", "serve"}
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = RsaParser(prog="rsa", description="Recursive self-aggregation: evaluate, augment, train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (rsa-rl)")
     # subcommand parsers are FlagParsers: only the top level dispatches config commands
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=FlagParser)
     for name in COMMANDS:

@@ -65,6 +65,29 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+def dataset_lines() -> list[str]:
+    """One line per built-in benchmark (`BENCHMARKS`): name, task, and where its problems come from."""
+    lines = []
+    width = max(len(name) for name in BENCHMARKS)
+    for name, bench in BENCHMARKS.items():
+        if bench.rg_tasks:
+            source = (
+                f"Reasoning Gym, generated offline ({bench.size} problems by default) from {len(bench.rg_tasks)} "
+                f"tasks: {', '.join(bench.rg_tasks)}"
+            )
+        else:
+            source = f"Hugging Face dataset {bench.hub}, split {bench.split} (needs the Hub or its cache)"
+        lines.append(f"{name:<{width}}  task {bench.task or '-':<4}  {source}")
+    return lines
+
+
+def reasoning_gym_tasks() -> list[str]:
+    """The task names `rg:<task>` accepts: Reasoning Gym's dataset registry, sorted."""
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
 def format_question(task: str, text: str, options: Any = None) -> str:
     """The plain-prompt text for a bare question: options listed (multiple choice) and the answer format."""
     text = text.strip()

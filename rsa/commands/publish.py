@@ -58,6 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Hub id of a training dataset for the card's `datasets:` (repeatable; default: from rsa_training.json)",
     )
     p.add_argument("--license", help="license id for the card metadata, e.g. apache-2.0")
+    p.add_argument(
+        "--allow-other-model",
+        action="store_true",
+        help="publish runs whose manifest names another model than the checkpoint (the card says so)",
+    )
     p.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=run)
 
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         datasets=args.dataset_id,
         revision=args.revision,
+        allow_other_model=args.allow_other_model,
     )
     print(f"model card: {folder / 'README.md'}")
     if args.dry_run:

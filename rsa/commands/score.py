@@ -118,7 +118,8 @@ def run_problems(run_dir: Path) -> list:
     or are not the ones the run evaluated (the manifest's hash)."""
     from rsa.configs import read_manifest
     from rsa.data import load_problems
-    from rsa.runs import MANIFEST, problems_digest
+    from rsa.provenance import problems_digest
+    from rsa.runs import MANIFEST
 
     manifest = read_manifest(run_dir / MANIFEST)
     config = manifest.get("config") or {}
@@ -144,7 +145,8 @@ def score_run(input_path: Path, output_path: Path | None) -> tuple[dict[int, lis
     """Re-grade the population records of a run directory (every committed step) or of one of its population files
     with the current scorers; returns (step -> scores, errors). With `output_path`, the records with `extracted`,
     `score` and `stored_score` are written there atomically."""
-    from rsa.runs import POPULATION_DIR, open_atomic
+    from rsa.jsonl import open_atomic
+    from rsa.runs import POPULATION_DIR
     from rsa.sandbox import hide_from_programs
 
     run_dir = run_of(input_path)

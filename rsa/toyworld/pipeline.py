@@ -13,7 +13,7 @@ one folder:
                              onpolicy (plain problems; a share of groups aggregate candidates of the current policy),
                              cotrained (plain problems; each group's second half aggregates its first half)
     OUT/eval/<arm>[-t<s>]-s<seed>  RSA evaluation (rsa.evaluate.evaluate) of each model on the same problems
-    OUT/report/              rsa.report.write_report: table and Pass@1 / Pass@N / majority vs step plots
+    OUT/report/              rsa.report.write_report: one group per arm (mean ± std), Pass@1 / Pass@N / majority plots
     OUT/summary.md           rsa.toyworld.evidence: mean and spread per arm and step, per difficulty, paired
                              bootstrap comparisons, the paper's claims in words, diagnostics, gate, training costs
 
@@ -450,21 +450,6 @@ def _worker_logging() -> None:
     )
 
 
-#: the per-arm plot in OUT/report: one line per arm (mean over its runs) with a ± std band
-ARM_PLOT = "rsa_steps_by_arm.png"
-
-
-def write_arm_plot(runs: dict[tuple[str, int | None, int], Path], path: Path) -> Path:
-    """Pass@1, Pass@N and majority vs RSA step, one line per arm over its training and RSA seeds (`rsa.report`)."""
-    from rsa.report import load_run, write_group_plot
-    from rsa.toyworld.evidence import ARM_NAMES
-
-    groups: dict[str, list] = {}
-    for (arm, _, _), run in runs.items():
-        groups.setdefault(ARM_NAMES.get(arm, arm), []).append(load_run(run))
-    return write_group_plot(groups, path)
-
-
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
     """The evidence report (rsa.toyworld.evidence) over all runs, written to `out/summary.md`."""
     from rsa.jsonl import write_text_atomic
@@ -479,6 +464,7 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     """Run (or resume) the whole toy experiment under `out`; returns the summary table."""
     from rsa.jsonl import write_json_atomic
     from rsa.report import write_report
+    from rsa.toyworld.evidence import ARM_NAMES
     from rsa.toyworld.pretrain import pretrain
 
     start = time.perf_counter()
@@ -515,8 +501,9 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
             run_keys.append((arm, seed, rsa_seed))
             jobs.append((evaluate, name, model, eval_file, out / "eval" / name, rsa_seed, config))
     runs = dict(zip(run_keys, _run_jobs(jobs, config.workers, processes=True)))
-    paths = write_report(list(runs.values()), out / "report")
-    write_arm_plot(runs, out / "report" / ARM_PLOT)
+    # one group per arm (its training and RSA seeds pooled), named as in the summary
+    arm_names = {run: ARM_NAMES.get(arm, arm) for (arm, _, _), run in runs.items()}
+    paths = write_report(list(runs.values()), out / "report", names=arm_names)
     skills = fixed_candidate_skills(base, models, config)
     table = summarise(runs, out, [*skills, "", *training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)
