@@ -17,8 +17,9 @@ import tempfile
 import time
 
 from rsa.engines.base import Engine, Generation
+from rsa.evaluate import evaluate
 from rsa.loop import LoopConfig, RSALoop
-from rsa.runs import RunDirectory, build_manifest, run_evaluation
+from rsa.runs import RunDirectory, build_manifest
 from rsa.tasks import Problem
 
 TARGET_US = 50.0
@@ -80,12 +81,9 @@ def time_requests(config: LoopConfig, items: list[Problem], repeats: int) -> flo
 def time_with_run_directory(config: LoopConfig, items: list[Problem]) -> float:
     """Microseconds per request of a whole run including the run-directory writes (all steps)."""
     with tempfile.TemporaryDirectory() as tmp:
-        run_dir = RunDirectory(tmp + "/run")
-        run_dir.create(
-            build_manifest({}, model="instant", engine="instant", revision=None, problems=items, seed=0), items
-        )
+        manifest = build_manifest({}, model="instant", engine="instant", revision=None, problems=items, seed=0)
         start = time.perf_counter()
-        run_evaluation(InstantEngine(), items, config, run_dir, progress=False)
+        evaluate(InstantEngine(), items, config, RunDirectory(tmp + "/run"), manifest=manifest, progress=False)
         elapsed = time.perf_counter() - start
     return elapsed / (len(items) * config.population * config.num_steps) * 1e6
 

@@ -5,7 +5,7 @@
 The servers are `benchmarks/sim_server.py` (no model) in a subprocess on loopback: each has a fixed
 number of concurrent slots, like a batching server, and holds a request for length x ms-per-token,
 its length drawn from a lognormal (median `--median-tokens`, shape `--sigma`) seeded by the request's
-seed. The client is the real stack: `rsa.runs.run_evaluation` (run directory, fsynced commits) over the
+seed. The client is the real stack: `rsa.evaluate.evaluate` (run directory, fsynced commits) over the
 real openai engine, at most 2 x slots requests in flight per server.
 
 (a) one server with many slots (`--a-slots`, `--a-problems`, `--a-ms-per-token`, `--a-steps`, T=10 as
@@ -26,7 +26,6 @@ Timings on a shared machine are noisy; the ratios come from runs in the same pro
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -38,8 +37,9 @@ from pathlib import Path
 import httpx
 
 from rsa.engines.openai import OpenAIEngine
+from rsa.evaluate import evaluate
 from rsa.loop import LoopConfig
-from rsa.runs import METRICS, RunDirectory, build_manifest, run_evaluation
+from rsa.runs import RunDirectory, build_manifest
 from rsa.tasks import Problem
 
 HERE = Path(__file__).resolve().parent
@@ -86,16 +86,14 @@ def run_once(urls: list[str], schedule: str, args: argparse.Namespace, out: Path
     config = LoopConfig(
         population=args.population, k=args.k, steps=args.steps, max_new_tokens=4096, seed=1, schedule=schedule
     )
-    run_dir = RunDirectory(out)
-    run_dir.create(build_manifest({}, model="sim", engine="openai", revision=None, problems=items, seed=1), items)
+    manifest = build_manifest({}, model="sim", engine="openai", revision=None, problems=items, seed=1)
     engine = OpenAIEngine(
         "sim", base_urls=urls, max_model_len=1 << 20, max_concurrency=2 * args.slots * len(urls), max_retries=2
     )
     start = time.monotonic()
-    run_evaluation(engine, items, config, run_dir, progress=False)
+    metrics = evaluate(engine, items, config, RunDirectory(out), manifest=manifest, progress=False)
     wall = time.monotonic() - start
     busy, slots = busy_and_slots(urls)
-    metrics = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
     for line in metrics:
         line.pop("wall_time_s")
     requests = args.problems * args.population * args.steps

@@ -18,7 +18,6 @@ apart from wall times. The machine is shared: timings are noisy; the two runs ar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -49,8 +48,9 @@ def main() -> None:
     from rsa.data import load_problems
     from rsa.engines.base import SamplingParams
     from rsa.engines.vllm import VLLMEngine
+    from rsa.evaluate import evaluate
     from rsa.loop import LoopConfig
-    from rsa.runs import METRICS, RunDirectory, build_manifest, run_evaluation
+    from rsa.runs import RunDirectory, build_manifest
 
     class HeavyTailedLengths(VLLMEngine):
         """The real vLLM engine; each request's length is drawn from a lognormal seeded by its seed."""
@@ -110,13 +110,10 @@ def main() -> None:
                 schedule=schedule,
             )
             run_dir = RunDirectory(Path(tmp) / f"{schedule}-{repeat}")
-            run_dir.create(
-                build_manifest({}, model="tiny", engine="vllm", revision=None, problems=items, seed=5), items
-            )
+            manifest = build_manifest({}, model="tiny", engine="vllm", revision=None, problems=items, seed=5)
             start = time.monotonic()
-            run_evaluation(engine, items, config, run_dir, progress=False)
+            metrics = evaluate(engine, items, config, run_dir, manifest=manifest, progress=False)
             wall = time.monotonic() - start
-            metrics = [json.loads(line) for line in (run_dir.path / METRICS).read_text().splitlines()]
             for line in metrics:
                 line.pop("wall_time_s")
             if schedule in results and results[schedule]["wall"] <= wall:

@@ -124,7 +124,9 @@ def main() -> None:
     print(f"{'variant':<8}{'best wall (s)':>15}{'tokens/s':>12}")
     for name, wall in best.items():
         print(f"{name:<8}{wall:>15.2f}{expected_tokens / wall:>12.1f}")
-    print(f"serve overhead: {best['serve'] / best['eval'] - 1:+.1%} (serve / eval = {best['serve'] / best['eval']:.3f})")
+    print(
+        f"serve overhead: {best['serve'] / best['eval'] - 1:+.1%} (serve / eval = {best['serve'] / best['eval']:.3f})"
+    )
 
 
 if __name__ == "__main__":

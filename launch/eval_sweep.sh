@@ -6,8 +6,8 @@
 #
 # For each OUTPUT_DIR/checkpoint-*/ (in step order) this runs `rsa eval --model CHECKPOINT --out RUNS_DIR/checkpoint-N`
 # with the given options, then `rsa report` over all run folders into RUNS_DIR/report (table + plots).
-# Re-running the sweep skips finished runs and resumes interrupted ones (--resume), so it can follow a training
-# run that is still saving checkpoints. LoRA checkpoints (adapter only) are skipped: merge them first.
+# Re-running the sweep resumes interrupted runs and leaves finished ones as they are (`--resume_if_exists`), so it can
+# follow a training run that is still saving checkpoints; a larger --steps extends the finished runs. LoRA checkpoints (adapter only) are skipped: merge them first.
 # Variables [defaults]:
 #   RUNS_DIR    [runs/sweep-<basename of OUTPUT_DIR>] where the run folders and the report go
 #   BASE_MODEL  [unset] also evaluate this model (the policy before training) as run folder `base`
@@ -22,17 +22,11 @@ runs_dir="${RUNS_DIR:-runs/sweep-$(basename "$output_dir")}"
 [ -d "$output_dir" ] || { echo "$output_dir is not a directory" >&2; exit 2; }
 mkdir -p "$runs_dir"
 
-evaluate() {  # NAME MODEL: one run folder, skipped when finished, resumed when interrupted
+evaluate() {  # NAME MODEL: one run folder: started, resumed when interrupted, a no-op when finished
   local name="$1" model="$2" out="$runs_dir/$1"
   shift 2
-  if [ -f "$out/final.json" ]; then
-    echo "== $name: finished earlier ($out)" >&2
-    return 0
-  fi
-  local resume=()
-  [ -f "$out/manifest.json" ] && resume=(--resume)
-  echo "== $name: rsa eval --model $model --out $out ${resume[*]}" >&2
-  "$rsa" eval --model "$model" --out "$out" "${resume[@]}" "$@"
+  echo "== $name: rsa eval --model $model --out $out --resume_if_exists" >&2
+  "$rsa" eval --model "$model" --out "$out" --resume_if_exists "$@"
 }
 
 if [ -n "${BASE_MODEL:-}" ]; then

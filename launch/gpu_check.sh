@@ -30,8 +30,8 @@
 #
 # Assumes a CUDA build of torch (and transformers, accelerate) is installed. When a .whl/ folder exists in the
 # repository, every wheel in it is installed offline as it is (`pip install --no-index --no-deps --target
-# $OUT/site .whl/*.whl`, put first on PYTHONPATH; see docs/TRAINING.md for the download list); torch itself is
-# never reinstalled. Nothing is downloaded: the tiny model is built here.
+# $OUT/site .whl/*.whl`, put first on PYTHONPATH; `bash launch/gpu_wheels.sh` downloads them at the versions
+# of constraints/gpu.lock); torch itself is never reinstalled. Nothing is downloaded: the tiny model is built here.
 # Logs and outputs go to $OUT (the device runner's folder) or /tmp/rsa-gpu-check.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -2,19 +2,26 @@
 
 Commands configured by a dataclass (`rsa eval`, `rsa augment`; see `rsa.configs`) parse their own arguments
 with `main(argv)` (TrlParser: `--config FILE.yaml` plus command-line overrides); the others use argparse here.
+Every option is accepted in both spellings, `--a_b` and `--a-b`, in every subcommand (`FlagParser`), and an
+unknown option is reported before anything else, with the closest known option when there is one.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
+from collections.abc import Iterable
+
+from rsa import __version__
 
 # Subcommand modules, in the order `rsa --help` lists them.
 COMMANDS = [
     "tiny_model",
     "score",
+    "show",
     "eval",
     "report",
     "demo",
@@ -22,9 +29,57 @@ COMMANDS = [
     "augment",
     "train",
     "serve",
+    "datasets",
+    "env",
 ]
 # Subcommands that parse their own arguments (`rsa.commands.<name>.main(argv)`).
 CONFIG_COMMANDS = {"eval", "augment", "serve"}
+# Loggers of HTTP clients: one INFO line per request (the openai engine's), shown only with -v.
+CHATTY_LOGGERS = ("httpx", "httpcore", "openai", "urllib3")
+
+
+def unknown_options(argv: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Messages for the long options in `argv` that are not in `known` (nor a unique prefix of one), each with
+    the closest known option when there is one: `--populaton (did you mean --population?)`."""
+    known = sorted(set(known))
+    messages = []
+    for item in argv:
+        if item == "--":
+            break
+        if not item.startswith("--") or len(item) < 3:
+            continue
+        name = item.partition("=")[0]
+        if name in known or len([k for k in known if k.startswith(name)]) == 1:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        messages.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return messages
+
+
+class FlagParser(argparse.ArgumentParser):
+    """A subcommand parser that takes every long option as `--a_b` and `--a-b`, and reports unknown options
+    (with a suggestion) before missing required ones."""
+
+    def add_argument(self, *names, **kwargs):
+        """`add_argument` with the other spelling of each long option added (underscores listed first)."""
+        spelled: list[str] = []
+        for name in names:
+            if name.startswith("--"):
+                for variant in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                    if variant not in spelled:
+                        spelled.append(variant)
+            else:
+                spelled.append(name)
+        if spelled and spelled[0].startswith("--") and "dest" not in kwargs:
+            kwargs["dest"] = spelled[0][2:]
+        return super().add_argument(*spelled, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if "-" in self.prefix_chars and args is not None:
+            unknown = unknown_options(args, self._option_string_actions)
+            if unknown:
+                self.error(f"unknown option(s) {', '.join(unknown)}; see `{self.prog} --help`")
+        return super().parse_known_args(args, namespace)
 
 
 class RsaParser(argparse.ArgumentParser):
@@ -48,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = RsaParser(prog="rsa", description="Recursive self-aggregation: evaluate, augment, train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    # subcommand parsers are plain: only the top level dispatches config commands
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (rsa-rl)")
+    # subcommand parsers are FlagParsers: only the top level dispatches config commands
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=FlagParser)
     for name in COMMANDS:
         importlib.import_module(f"rsa.commands.{name}").add_parser(sub)
     return parser
@@ -67,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         # Input errors are reported as one clear line, not a traceback.
         print(f"rsa {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (eval and augment name their folder themselves)
+        print(f"rsa {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -75,6 +134,8 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for name in CHATTY_LOGGERS:  # per-request lines drown the run's own log; -v shows them
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,11 @@ class EngineOptions:
 
     engine: str = field(default="vllm", metadata={"help": "generation backend", "choices": ENGINES})
     dtype: str | None = field(
-        default=None, metadata={"help": "hf, vllm: model dtype, e.g. bfloat16, float32 (engine default when omitted)"}
+        default=None,
+        metadata={
+            "help": "hf, vllm: model dtype: auto, bfloat16 (bf16), float16 (fp16, half), float32 (fp32, float) "
+            "(engine default when omitted)"
+        },
     )
     max_model_len: int | None = field(
         default=None,
@@ -117,6 +121,10 @@ class EngineOptions:
         if isinstance(self.engine_arg, str):
             self.engine_arg = [self.engine_arg]
         _check_choice("engine", self.engine, ENGINES)
+        if self.dtype is not None:
+            from rsa.engines.base import canonical_dtype
+
+            self.dtype = canonical_dtype(self.dtype)
         for name in ("max_model_len", "batch_size", "tensor_parallel_size"):
             _check_number(name, getattr(self, name), low=1)
         _check_number("max_retries", self.max_retries, low=0)
@@ -185,17 +193,39 @@ class SamplingOptions:
 class DataOptions:
     """Which problems: a dataset spec (`rsa.data.load_problems`) and its selection."""
 
+    # The training recipes name the same selection `problems`, `problems_limit`, ... (rsa.training): those names
+    # are accepted here too, so a recipe's problem selection can be pasted into `rsa eval` unchanged.
     dataset: str | None = field(
         default=None,
-        metadata={"help": "problems: file, built-in name (aime25, ...), hf:<repo>[:<split>], rg:<task>[+<task>...]"},
+        metadata={
+            "help": "problems: file, built-in name (aime25, ...), hf:<repo>[:<split>], rg:<task>[+<task>...]",
+            "aliases": ["--problems"],
+        },
     )
-    limit: int | None = field(default=None, metadata={"help": "use the first L problems"})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "use the first L problems", "aliases": ["--problems_limit", "--problems-limit"]},
+    )
     size: int | None = field(
-        default=None, metadata={"help": "problems to generate for procedural Reasoning Gym sets (rg:, rg-games)"}
+        default=None,
+        metadata={
+            "help": "problems to generate for procedural Reasoning Gym sets (rg:, rg-games)",
+            "aliases": ["--problems_size", "--problems-size"],
+        },
     )
-    data_seed: int = field(default=0, metadata={"help": "seed of procedural Reasoning Gym generation"})
+    data_seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed of procedural Reasoning Gym generation",
+            "aliases": ["--problems_seed", "--problems-seed"],
+        },
+    )
     task: str | None = field(
-        default=None, metadata={"help": "task family of every row (math, rg, mcq, ...); inferred per row by default"}
+        default=None,
+        metadata={
+            "help": "task family of every row (math, rg, mcq, ...); inferred per row by default",
+            "aliases": ["--problems_task", "--problems-task"],
+        },
     )
 
     def check_data(self) -> None:
@@ -245,7 +275,21 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
         metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
     )
     out: str | None = field(default=None, metadata={"help": "run directory"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last completed step"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue the run in --out from its last completed step; the other options default to the run's "
+            "(manifest.json), and a larger --steps extends a finished run"
+        },
+    )
+    resume_if_exists: bool = field(
+        default=False,
+        metadata={"help": "resume the run in --out when there is one (as --resume), else start it (for sweeps)"},
+    )
+    log_prompts: bool = field(
+        default=False,
+        metadata={"help": "store the prompt each member was generated from in its population record (larger files)"},
+    )
     progress: bool = field(
         default=True, metadata={"help": "progress bar (--no-progress, or off a terminal: a log line every minute)"}
     )
@@ -284,20 +328,19 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
         self.out = str(self.out)
-        _check_choice("method", self.method, METHODS)
-        _check_choice("final", self.final, FINAL_RULES)
-        _check_choice("thinking", self.thinking, THINKING_MODES)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        if self.repair and not self.resume:
+        if self.repair and not (self.resume or self.resume_if_exists):
             raise ValueError("--repair works on an existing run: pass it with --resume")
         self.check_engine_options()
         self.check_sampling()
         self.check_data()
-        self.loop_config(self.max_new_tokens or 1)  # population, K, steps, method
+        # method, N, K, T, final rule, thinking mode, schedule: checked by LoopConfig, the one place that does
+        self.loop_config(self.max_new_tokens or 1)
         check_out_dir(Path(self.out), "--out")
 
     def loop_config(self, max_new_tokens: int | None = None) -> LoopConfig:
-        """The `rsa.loop.LoopConfig` of this evaluation (`max_new_tokens` overrides an unresolved auto value)."""
+        """The `rsa.loop.LoopConfig` of this evaluation (`max_new_tokens` overrides an unresolved auto value).
+
+        `rsa.evaluate.prepare_eval` builds it once `max_new_tokens` is known and carries it to the engine call."""
         return LoopConfig(
             method=self.method,
             population=self.population,
@@ -386,13 +429,20 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
         metadata={"help": "convert a verl-layout parquet file instead of building", "aliases": ["--import"]},
     )
     progress: bool = field(default=True, metadata={"help": "progress bars (--no-progress: none)"})
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={"help": "after the build, push OUT as a Hub dataset repo (e.g. me/agg-data) with a card of its "
+    # Hub options are named as in TRL's TrainingArguments (push_to_hub is a boolean, the repo is hub_model_id)
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "after the build, push OUT as the Hub dataset repo --hub_model_id with a card of its "
                   "provenance and mixture; needs a token (HF_TOKEN or `hf auth login`)"},
     )  # fmt: skip
-    hub_private: bool = field(default=False, metadata={"help": "with --push-to-hub: create the repo private"})
-    hub_revision: str | None = field(default=None, metadata={"help": "with --push-to-hub: branch to push to"})
+    hub_model_id: str | None = field(
+        default=None, metadata={"help": "with --push_to_hub: the dataset repo, e.g. me/agg-data"}
+    )
+    hub_private_repo: bool = field(
+        default=False,
+        metadata={"help": "with --push_to_hub: create the repo private", "aliases": ["--hub_private", "--hub-private"]},
+    )
+    hub_revision: str | None = field(default=None, metadata={"help": "with --push_to_hub: branch to push to"})
 
     def __post_init__(self) -> None:
         from rsa.augment import Balance
@@ -402,6 +452,10 @@ class AugmentConfig(SamplingOptions, EngineOptions, DataOptions):
             raise ValueError("--out is required")
         self.out = str(self.out)
         self.k = str(self.k)
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs the dataset repo: pass --hub_model_id ORG/NAME")
+        if self.hub_model_id and not self.push_to_hub:
+            raise ValueError("--hub_model_id names the repo to push to: add --push_to_hub (or drop --hub_model_id)")
         if self.import_file is None:
             for name in ("model", "dataset"):
                 if not getattr(self, name):
@@ -475,20 +529,66 @@ def check_model(model: str, engine: str) -> str:
     if engine == "openai":
         return model  # a name the server knows; nothing to check locally
     path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or path.exists()
-    if not looks_local:
-        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") and not _hub_config(model):
+    if not _looks_local(model):
+        if _hub_config(model):
+            return model  # cached: the engine loads it without the network
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
             raise FileNotFoundError(
-                f"--model {model}: no such directory, and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+                f"--model {model}: no such directory ({path.absolute()}), and not in the Hugging Face cache (HF_HUB_OFFLINE is set)"
+                f"{_build_hint(model)}"
             )
+        _check_on_hub(model)  # one quick request instead of the engine's minute of retries
         return model  # a hub name, resolved by the engine
     if not path.exists():
-        raise FileNotFoundError(f"--model {model}: no such directory")
+        raise FileNotFoundError(f"--model {model}: no such directory ({path.absolute()}){_build_hint(model)}")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ValueError(f"--model {model}: not a model directory (expected a config.json inside)")
     if not os.access(path / "config.json", os.R_OK):
         raise ValueError(f"--model {model}: config.json is not readable")
     return str(path.resolve())
+
+
+def _looks_local(model: str) -> bool:
+    """Whether `model` names a local folder rather than a Hub repo id: it exists, starts like a path (., /, ~),
+    its parent folder exists, or it is not of the Hub's `name` / `org/name` form."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(model).expanduser()
+    if model.startswith((".", "/", "~")) or path.exists() or os.sep != "/" and os.sep in model:
+        return True
+    if len(path.parts) > 1 and path.parent.is_dir():
+        return True
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _build_hint(model: str) -> str:
+    """How to make the tiny test model at `model`'s path (the README's first command)."""
+    return f"; to build the tiny test model there: rsa tiny-model --out {model}"
+
+
+def _check_on_hub(repo_id: str) -> None:
+    """FileNotFoundError when the Hub cannot be reached or has no model `repo_id` (one request, 10 s at most);
+    any other answer leaves the decision to the engine."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"--model {repo_id}: no such local folder, and no model {repo_id!r} on the Hugging Face Hub"
+            f"{_build_hint(repo_id)}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (httpx and hub errors share no base): only a connection failure counts
+        if any(cls.__name__ in ("TransportError", "ConnectionError") for cls in type(exc).__mro__):
+            raise FileNotFoundError(
+                f"--model {repo_id}: no such local folder ({Path(repo_id).absolute()}), not in the Hugging Face "
+                f"cache, and the Hub cannot be reached ({exc}){_build_hint(repo_id)}"
+            ) from None
 
 
 def _hub_config(repo_id: str) -> str | None:

@@ -65,6 +65,29 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+def dataset_lines() -> list[str]:
+    """One line per built-in benchmark (`BENCHMARKS`): name, task, and where its problems come from."""
+    lines = []
+    width = max(len(name) for name in BENCHMARKS)
+    for name, bench in BENCHMARKS.items():
+        if bench.rg_tasks:
+            source = (
+                f"Reasoning Gym, generated offline ({bench.size} problems by default) from {len(bench.rg_tasks)} "
+                f"tasks: {', '.join(bench.rg_tasks)}"
+            )
+        else:
+            source = f"Hugging Face dataset {bench.hub}, split {bench.split} (needs the Hub or its cache)"
+        lines.append(f"{name:<{width}}  task {bench.task or '-':<4}  {source}")
+    return lines
+
+
+def reasoning_gym_tasks() -> list[str]:
+    """The task names `rg:<task>` accepts: Reasoning Gym's dataset registry, sorted."""
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
 def format_question(task: str, text: str, options: Any = None) -> str:
     """The plain-prompt text for a bare question: options listed (multiple choice) and the answer format."""
     text = text.strip()
@@ -232,6 +255,14 @@ def load_hf(name: str, split: str = "train", task: str | None = None, limit: int
     return load_rows(data, f"hf:{name}", task)
 
 
+def _did_you_mean(name: str, known) -> str:
+    """` (did you mean X?)` for the closest of `known` to a mistyped `name`, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def generate_reasoning_gym(tasks: Iterable[str], size: int, seed: int = 0) -> list[Problem]:
     """`size` Reasoning Gym problems spread evenly over `tasks`, generated offline from `seed`."""
     import reasoning_gym
@@ -240,7 +271,8 @@ def generate_reasoning_gym(tasks: Iterable[str], size: int, seed: int = 0) -> li
     names = list(tasks)
     unknown = [n for n in names if n not in factory.DATASETS]
     if unknown:
-        raise ValueError(f"unknown Reasoning Gym task(s) {unknown}; see reasoning_gym.factory.DATASETS")
+        hints = "".join(_did_you_mean(n, factory.DATASETS) for n in unknown)
+        raise ValueError(f"unknown Reasoning Gym task(s) {unknown}{hints}; see reasoning_gym.factory.DATASETS")
     if size < 1:
         raise ValueError(f"Reasoning Gym size must be >= 1, got {size}")
     per_task = [size // len(names) + (1 if i < size % len(names) else 0) for i in range(len(names))]
@@ -289,7 +321,7 @@ def load_problems(
         problems = load_file(spec, task, limit)
     else:
         raise ValueError(
-            f"unknown dataset {spec!r}: give a .parquet/.jsonl/.json path, a built-in name "
+            f"unknown dataset {spec!r}{_did_you_mean(spec, BENCHMARKS)}: give a .parquet/.jsonl/.json path, a built-in name "
             f"({', '.join(BENCHMARKS)}), hf:<repo>[:<split>], or rg:<task>[+<task>...]"
         )
     return problems[:limit] if limit is not None else problems

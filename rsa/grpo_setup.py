@@ -34,9 +34,10 @@ from typing import Any
 from transformers import TrainerCallback
 from trl import GRPOConfig, ScriptArguments
 
+from rsa.jsonl import open_atomic
+from rsa.provenance import package_versions
 from rsa.rewards import RewardFn, completion_text, get_reward
 from rsa.rows import CORE_COLUMNS, META_COLUMNS, REQUIRED_COLUMNS, features, problem_to_row, row_to_problem
-from rsa.runs import open_atomic, package_versions
 
 logger = logging.getLogger(__name__)
 

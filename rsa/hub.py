@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from rsa.jsonl import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 _TRUE = ("1", "true", "yes", "on")
@@ -63,7 +65,7 @@ def write_scrubbed_json(src: Path, dst: Path) -> bool:
     """Copy the JSON (or JSONL) file `src` to `dst` with paths scrubbed; returns whether anything changed."""
     text = src.read_text(encoding="utf-8")
     if src.suffix == ".jsonl":
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = read_jsonl(src)  # split on "\n" only; a bad line is named
         scrubbed = [scrub_paths(x) for x in lines]
         changed = scrubbed != lines
         out = "".join(json.dumps(x) + "\n" for x in scrubbed) if changed else text

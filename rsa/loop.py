@@ -202,6 +202,7 @@ class Member:
     candidate_tokens: int | None = field(default=None, repr=False, compare=False)
     #: tokens of the prompt it was generated from, as the engine reported them (not in records)
     prompt_tokens: int | None = field(default=None, repr=False, compare=False)
+    prompt: Conversation | None = field(default=None, repr=False, compare=False)  # the request's messages
     #: early stopping: the step whose member this is, when the problem had stopped and carries it on
     carried_from: int | None = None
 
@@ -350,6 +351,7 @@ class RSALoop:
                 truncated_parents=request.truncated,
                 seed=request.seed,
                 error=outcome,
+                prompt=request.conversation,
             )
         task, problem = self.tasks[request.problem_index], self.problems[request.problem_index]
         extracted = task.extract(outcome.text)
@@ -364,6 +366,7 @@ class RSALoop:
             truncated_parents=request.truncated,
             seed=request.seed,
             prompt_tokens=outcome.prompt_tokens,
+            prompt=request.conversation,
         )
 
     def describe_failure(self, request: _Request, exc: BaseException) -> str:

@@ -44,6 +44,7 @@ from rsa.hub import (
 
 __all__ = [
     "CheckpointInfo",
+    "check_runs_evaluate",
     "dataset_card",
     "eval_results",
     "inspect_checkpoint",
@@ -213,24 +214,37 @@ def _dataset_ids(spec: str | None) -> tuple[str, str, str | None]:
 def eval_results(runs: list) -> list:
     """`huggingface_hub.EvalResult`s of `runs`: RSA Pass@1 at step 1 and at the last step, majority and Pass@N.
 
-    Values are percentages. Runs on one dataset share a model-index entry; `metric_config` tells them apart
-    (`N=16,K=4,step=10`).
+    Values are percentages. Runs that differ only in their seed are one entry, their mean (`rsa.report.group_runs`;
+    the metric name says how many runs). Runs on one dataset share a model-index entry; `metric_config` tells
+    them apart (`N=16,K=4,step=10`, plus `method=` for a baseline, plus the group's name when two configurations
+    would otherwise share it).
     """
     from huggingface_hub import EvalResult
 
+    from rsa.report import group_runs
+
+    groups = group_runs(runs)
+    entries = []
+    for group in groups:
+        cfg = group.config
+        n, k, method, last = cfg.get("population"), cfg.get("k"), group.method, group.steps()
+        base = f"N={n},K={k}" + ("" if method == "rsa" else f",method={method}")
+        entries.append((group, base, cfg.get("dataset"), n, k, last))
+    bases = [(dataset, base) for _, base, dataset, *_ in entries]
     results = []
-    for run in runs:
-        cfg = run.manifest.get("config", {})
-        n, k = cfg.get("population"), cfg.get("k")
-        dataset_type, dataset_name, split = _dataset_ids(cfg.get("dataset"))
-        first, last = run.steps[0], run.steps[-1]
+    for group, base, dataset, n, k, last in entries:
+        if bases.count((dataset, base)) > 1:  # same dataset and N/K/method, other settings: name the group
+            base += f",config={group.name}"
+        dataset_type, dataset_name, split = _dataset_ids(dataset)
+        runs_note = "" if len(group.runs) == 1 else f", mean of {len(group.runs)} runs"
         metrics = [
-            ("pass@1", f"RSA Pass@1, step 1 (plain sampling, N={n})", first, "pass_at_1"),
-            ("pass@1", f"RSA Pass@1, step {last['step']} (N={n}, K={k})", last, "pass_at_1"),
-            ("majority@n", f"RSA majority vote, step {last['step']} (N={n}, K={k})", last, "majority"),
-            ("pass@n", f"RSA Pass@N, step {last['step']} (N={n}, K={k})", last, "pass_at_n"),
+            ("pass@1", f"RSA Pass@1, step 1 (plain sampling, N={n}{runs_note})", 0, "pass_at_1"),
+            ("pass@1", f"RSA Pass@1, step {last} (N={n}, K={k}{runs_note})", last - 1, "pass_at_1"),
+            ("majority@n", f"RSA majority vote, step {last} (N={n}, K={k}{runs_note})", last - 1, "majority"),
+            ("pass@n", f"RSA Pass@N, step {last} (N={n}, K={k}{runs_note})", last - 1, "pass_at_n"),
         ]
-        for metric_type, metric_name, step, key in metrics:
+        for metric_type, metric_name, index, key in metrics:
+            value = sum(float(run.steps[index][key]) for run in group.runs) / len(group.runs)
             results.append(
                 EvalResult(
                     task_type=EVAL_TASK[0],
@@ -240,11 +254,45 @@ def eval_results(runs: list) -> list:
                     dataset_split=split,
                     metric_type=metric_type,
                     metric_name=metric_name,
-                    metric_config=f"N={n},K={k},step={step['step']}",
-                    metric_value=round(100 * float(step[key]), 2),
+                    metric_config=f"{base},step={index + 1}",
+                    metric_value=round(100 * value, 2),
                 )
             )
     return results
+
+
+def check_runs_evaluate(info: CheckpointInfo, runs: list, *, allow_other_model: bool = False) -> list[str]:
+    """Check that every run evaluated the checkpoint: the run manifest's model revision (`sha256:` of the weight
+    files, `rsa.runs.model_revision`) equals the checkpoint's, or, when the run recorded none, its model path is
+    the checkpoint. ValueError naming the run and both models otherwise; with `allow_other_model`, the mismatches
+    are returned as notes for the card instead."""
+    from rsa.provenance import model_revision
+
+    checkpoint_revision = None
+    notes = []
+    for run in runs:
+        recorded = run.manifest.get("model", {})
+        model = recorded.get("path") or run.manifest.get("config", {}).get("model")
+        revision = recorded.get("revision")
+        if revision is not None:
+            if checkpoint_revision is None:
+                checkpoint_revision = model_revision(str(info.path), query_hub=False) or "unknown"
+            if revision == checkpoint_revision:
+                continue
+            problem = f"evaluated {model} (revision {revision}), not the checkpoint {info.path} ({checkpoint_revision})"
+        else:
+            if model is not None and Path(str(model)).expanduser().resolve() == info.path.resolve():
+                continue
+            problem = f"evaluated {model} (no revision recorded), not the checkpoint {info.path}"
+        if not allow_other_model:
+            raise ValueError(
+                f"{run.path}: {problem}; its results would be presented as this checkpoint's. Evaluate the "
+                f"checkpoint (`rsa eval --model {info.path} ...`), or pass --allow-other-model to publish them "
+                "anyway (the card then says which model each such run evaluated)"
+            )
+        logger.warning("%s: %s (--allow-other-model)", run.path, problem)
+        notes.append(f"Run `{run.path.name}` evaluated `{hub_name(model)}`, not this checkpoint.")
+    return notes
 
 
 # ----- the model card ------------------------------------------------------------------------------------------
@@ -352,8 +400,11 @@ def model_card(
     license: str | None = None,
     datasets: list[str] | None = None,
     revision: str | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """The model card (README.md): metadata with model-index, compact RSA table, plot, details, training, usage."""
+    """The model card (README.md): metadata with model-index, compact RSA table, plot, details, training, usage.
+
+    `notes` (from `check_runs_evaluate`) go under the RSA table: runs that evaluated another model."""
     from huggingface_hub import ModelCardData
 
     from rsa.report import markdown_table
@@ -404,7 +455,7 @@ def model_card(
         "step aggregates K-member subsets of the previous population. Pass@1 is the mean accuracy of the "
         "population, Pass@N the share of problems with at least one correct member, majority the accuracy "
         "of the majority answer.\n",
-        compact_table(rows),
+        compact_table(rows) + "".join(f"\n**Note:** {note}\n" for note in notes or []),
         "\n![Pass@1, Pass@N and majority vote vs RSA step](eval/rsa_steps.png)\n",
         "\n<details>\n<summary>Full table and per-step results</summary>\n\n" + "\n".join(details) + "\n</details>\n",
         "\n## Training\n\n" + _training_section(info),
@@ -423,11 +474,13 @@ def prepare_folder(
     base_model: str | None = None,
     datasets: list[str] | None = None,
     revision: str | None = None,
+    allow_other_model: bool = False,
 ) -> Path:
     """Write the upload folder (model files, README.md, eval/) into `out_dir`; returns its path.
 
     `base_model` names the base model's Hub id when the checkpoint only knows a local path; `datasets`
-    lists the training data's Hub ids for the card (default: those in the training record).
+    lists the training data's Hub ids for the card (default: those in the training record). Runs of another
+    model are refused (`check_runs_evaluate`) unless `allow_other_model`.
     """
     from rsa.report import csv_table, load_run, plot_runs
 
@@ -440,6 +493,7 @@ def prepare_folder(
             raise ValueError(f"--dataset-id {dataset!r} is not a Hub id (org/name)")
     info = inspect_checkpoint(checkpoint, base_model=base_model)
     runs = [load_run(p) for p in run_dirs]
+    notes = check_runs_evaluate(info, runs, allow_other_model=allow_other_model)
     out = Path(out_dir)
     if out.resolve() == info.path.resolve():
         raise ValueError("--out must differ from the checkpoint directory")
@@ -461,7 +515,7 @@ def prepare_folder(
         for name in ("manifest.json", "metrics.jsonl", "final.json"):
             if (run.path / name).is_file():
                 write_scrubbed_json(run.path / name, eval_dir / run.path.name / name)
-    card = model_card(info, runs, repo_id, license, datasets=datasets, revision=revision)
+    card = model_card(info, runs, repo_id, license, datasets=datasets, revision=revision, notes=notes)
     (out / "README.md").write_text(card, encoding="utf-8")
     _check_no_leaks(out, info.path, out, *run_dirs)
     logger.info("publish folder %s: %d model files, %d evaluation run(s)", out, copied, len(runs))

@@ -92,7 +92,7 @@ def test_argparse_level_errors_exit_2(tmp_path, capsys, no_engine, tiny_model_di
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--temperature", "warm"), capsys)
     assert code == 2 and "invalid float value: 'warm'" in err
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--populaton", "3"), capsys)
-    assert code == 2 and "unknown option(s) --populaton 3" in err
+    assert code == 2 and "unknown option(s) --populaton (did you mean --population?)" in err
     code, _, err = run_cli(eval_argv(tiny_model_dir, tmp_path / "o", "--engine", "tgi"), capsys)
     assert code == 2 and "invalid choice" in err
 
@@ -184,14 +184,14 @@ def test_training_recipe_with_missing_tiny_model_says_how_to_build_it(tmp_path):
     recipe = ROOT / "configs" / "recipes" / "cpu_smoke.yaml"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train" / "grpo_agg.py"), "--config", str(recipe)],
-        cwd=tmp_path,  # no .cache/tiny-model here
+        cwd=tmp_path,  # no models/tiny here
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "model_name_or_path .cache/tiny-model: no such directory" in proc.stderr
-    assert "rsa tiny-model --out .cache/tiny-model" in proc.stderr
+    assert "model_name_or_path ./models/tiny: no such directory" in proc.stderr
+    assert "rsa tiny-model --out ./models/tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -509,13 +509,15 @@ def test_eval_sweep_skips_finished_resumes_and_skips_lora(tmp_path, tiny_model_d
     assert "checkpoint-2" in report and "checkpoint-10" in report
     finished = {name: (runs / name / "final.json").read_bytes() for name in ("checkpoint-2", "checkpoint-10")}
 
-    # an interrupted run: the manifest is there, the final record is not -> resumed, the finished one skipped
+    # an interrupted run: the manifest is there, the final record is not -> resumed (rsa eval --resume_if_exists
+    # decides), the finished one left as it is
     (runs / "checkpoint-10" / "final.json").unlink()
     second = sweep()
-    assert "checkpoint-2: finished earlier" in second
     assert (
-        f"checkpoint-10: rsa eval --model {output / 'checkpoint-10'} --out {runs / 'checkpoint-10'} --resume" in second
+        f"checkpoint-10: rsa eval --model {output / 'checkpoint-10'} --out {runs / 'checkpoint-10'} --resume_if_exists"
+        in second
     )
+    assert f"{runs / 'checkpoint-10'}: all 2 steps are already done" in second  # only final.json is written again
     assert (runs / "checkpoint-2" / "final.json").read_bytes() == finished["checkpoint-2"]
     assert json.loads((runs / "checkpoint-10" / "final.json").read_text()) == json.loads(finished["checkpoint-10"])
 

@@ -262,15 +262,16 @@ def test_rsa_on_tiny_model_hf(hf_engine):
 @pytest.mark.slow
 def test_rsa_on_tiny_model_vllm(vllm_engine, tmp_path):
     from rsa.data import load_problems
+    from rsa.evaluate import evaluate
     from rsa.report import write_report
-    from rsa.runs import RunDirectory, build_manifest, run_evaluation
+    from rsa.runs import RunDirectory, build_manifest
 
     problems = load_problems("rg:basic_arithmetic", limit=10)
     engine = CountingEngine(vllm_engine)
     config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=32, seed=3)
     run_dir = RunDirectory(tmp_path / "run")
     run_dir.create(build_manifest({}, model="tiny", engine="vllm", revision=None, problems=problems, seed=3), problems)
-    summaries = run_evaluation(engine, problems, config, run_dir, progress=False)
+    summaries = evaluate(engine, problems, config, run_dir, progress=False)
     assert engine.calls == [40, 40, 40]  # one batched call per step
     assert [s["step"] for s in summaries] == [1, 2, 3]
     paths = write_report([run_dir.path], tmp_path / "report")

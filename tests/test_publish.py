@@ -141,14 +141,18 @@ def hub(monkeypatch):
 
 
 # ----- inputs ----------------------------------------------------------------------------------------------------
-def fake_run(path: Path, model: str, dataset: str = "aime25") -> Path:
-    """A run directory in `rsa eval`'s layout with two committed steps (hand-written metrics)."""
+def fake_run(path: Path, model: str, dataset: str = "aime25", *, seed: int = 1234, revision: str | None = None,
+             pass_at_1: float = 0.375) -> Path:  # fmt: skip
+    """A run directory in `rsa eval`'s layout with two committed steps (hand-written metrics); `revision` is the
+    evaluated model's revision in the manifest (none recorded when None)."""
     (path / "population").mkdir(parents=True)
     manifest = {"format": "rsa-run/1", "config": {"model": model, "dataset": dataset, "population": 4, "k": 2,
-                                                  "steps": 2, "seed": 1234, "method": "rsa"}}  # fmt: skip
+                                                  "steps": 2, "seed": seed, "method": "rsa"}}  # fmt: skip
+    if revision is not None:
+        manifest["model"] = {"path": model, "revision": revision}
     (path / "manifest.json").write_text(json.dumps(manifest))
     steps = [{"step": 1, "pass_at_1": 0.25, "pass_at_n": 0.5, "majority": 0.25, "mean_length": 100.0},
-             {"step": 2, "pass_at_1": 0.375, "pass_at_n": 0.5, "majority": 0.5, "mean_length": 90.0}]  # fmt: skip
+             {"step": 2, "pass_at_1": pass_at_1, "pass_at_n": 0.5, "majority": 0.5, "mean_length": 90.0}]  # fmt: skip
     (path / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     for s in steps:
         (path / "population" / f"step_{s['step']:03d}.jsonl").write_text("")
@@ -275,6 +279,53 @@ def test_a_local_path_left_in_a_staged_file_is_refused(tiny_model_dir, tmp_path)
         from rsa.publish import prepare_folder
 
         prepare_folder(checkpoint, [run], tmp_path / "hub", "me/tiny")
+
+
+def test_runs_of_another_model_are_refused_unless_allowed(tiny_model_dir, tmp_path, capsys):
+    from conftest import run_cli
+
+    from rsa.runs import model_revision
+
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    base_revision = model_revision(tiny_model_dir)
+    (checkpoint / "model.safetensors").write_bytes(b"trained weights")  # the checkpoint differs from its base now
+    own = fake_run(tmp_path / "runs" / "own2", str(checkpoint), revision=model_revision(str(checkpoint)))
+    other = fake_run(tmp_path / "runs" / "base-eval", str(tiny_model_dir), revision=base_revision)
+    argv = ["publish", str(checkpoint), "--runs", str(own), str(other), "--repo-id", "me/tiny", "--dry-run",
+            "--out", str(tmp_path / "hub")]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and not (tmp_path / "hub").exists()  # refused before anything is staged
+    assert "base-eval" in err and str(tiny_model_dir) in err and base_revision in err
+    assert str(checkpoint) in err and model_revision(str(checkpoint)) in err and "--allow-other-model" in err
+    # a run that recorded no revision counts only when its model path is the checkpoint
+    unknown = fake_run(tmp_path / "runs" / "served", "my-served-model")
+    code, _, err = run_cli([*argv[:3], str(unknown), *argv[5:]], capsys)
+    assert code == 2 and "served: evaluated my-served-model (no revision recorded)" in err
+    code, _, err = run_cli([*argv, "--allow-other-model"], capsys)
+    assert code == 0, err
+    text = (tmp_path / "hub" / "README.md").read_text()
+    assert f"**Note:** Run `base-eval` evaluated `{Path(tiny_model_dir).name}`, not this checkpoint." in text
+
+
+def test_runs_that_differ_only_in_seed_are_one_model_index_entry(tiny_model_dir, tmp_path):
+    from rsa.publish import prepare_folder
+
+    checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
+    runs = [fake_run(tmp_path / "runs" / f"s{seed}", str(checkpoint), seed=seed, pass_at_1=value)
+            for seed, value in ((1234, 0.375), (1235, 0.5))]  # fmt: skip
+    runs.append(fake_run(tmp_path / "runs" / "t1", str(checkpoint), pass_at_1=0.25))
+    manifest = json.loads((runs[2] / "manifest.json").read_text())
+    manifest["config"]["temperature"] = 0.6  # same dataset and N/K, another configuration
+    (runs[2] / "manifest.json").write_text(json.dumps(manifest))
+    prepare_folder(checkpoint, runs, tmp_path / "hub", "me/tiny")
+    results = card_of(tmp_path / "hub").data.eval_results
+    keys = [(r.dataset_type, r.metric_type, r.metric_config) for r in results]
+    assert len(keys) == len(set(keys)) == 8  # no duplicate entries: two configurations, four metrics each
+    last = {
+        r.metric_config: r.metric_value for r in results if r.metric_type == "pass@1" and "step=2" in r.metric_config
+    }
+    assert sorted(last.values()) == [25.0, 43.75]  # the two seeds' mean, (37.5 + 50) / 2, and the other run
+    assert any("mean of 2 runs" in r.metric_name for r in results)
 
 
 # ----- refusals before any work ----------------------------------------------------------------------------------
@@ -555,12 +606,12 @@ def test_dataset_card_of_an_imported_verl_file(tmp_path):
 
 
 def test_rsa_augment_push_to_hub(hub, tiny_model_dir, tmp_path, capsys):
-    """`rsa augment --push-to-hub` builds, then pushes the folder as a dataset repo with its card."""
+    """`rsa augment --push_to_hub --hub_model_id REPO` builds, then pushes the folder as a dataset repo with its card."""
     out = tmp_path / "agg"
     argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dtype", "float32", "--dataset",
             "rg:basic_arithmetic", "--size", "3", "--num-candidates", "2", "--k", "2", "--candidate-max-tokens", "8",
             "--train-context-len", "512", "--max-completion-length", "16", "--out", str(out), "--no-progress",
-            "--push-to-hub", "me/agg-cli", "--hub-private", "--hub-revision", "v1"]  # fmt: skip
+            "--push_to_hub", "--hub_model_id", "me/agg-cli", "--hub-private", "--hub-revision", "v1"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     assert hub.repos["dataset/me/agg-cli"]["visibility"] == "private"
     (commit,) = hub.commits
@@ -572,6 +623,6 @@ def test_rsa_augment_push_to_hub_refused_offline_before_any_work(tiny_model_dir,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "agg"
     argv = ["augment", "--model", tiny_model_dir, "--engine", "hf", "--dataset", "rg:basic_arithmetic", "--size", "3",
-            "--out", str(out), "--push-to-hub", "me/agg-cli"]  # fmt: skip
+            "--out", str(out), "--push-to-hub", "--hub-model-id", "me/agg-cli"]  # fmt: skip
     assert main(argv) == 2
     assert "offline" in capsys.readouterr().err and not out.exists()

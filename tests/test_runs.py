@@ -14,16 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from rsa.evaluate import evaluate
+from rsa.jsonl import append_jsonl, write_json_atomic
 from rsa.loop import LoopConfig
-from rsa.runs import (
-    METRICS,
-    RunDirectory,
-    append_jsonl,
-    build_manifest,
-    model_revision,
-    run_evaluation,
-    write_json_atomic,
-)
+from rsa.provenance import model_revision
+from rsa.runs import METRICS, RunDirectory, build_manifest
 from rsa.tasks import Problem
 from rsa.tasks.base import PROMPT_VERSION
 
@@ -91,7 +86,7 @@ def test_run_directory_layout(tmp_path, fake_engine):
     config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=64)
     # two words per completion, answer seed % 3: some candidates right, some wrong, all values known per seed
     engine = fake_engine(text_fn=lambda seed, conversation: f"work \\boxed{{{seed % 3}}}")
-    summaries = run_evaluation(engine, items, config, run_dir, progress=False)
+    summaries = evaluate(engine, items, config, run_dir, progress=False)
     assert [s["step"] for s in summaries] == [1, 2, 3]
     answers = {p.id: p.answer for p in items}
     seen_scores = set()
@@ -249,19 +244,19 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, fake_engine, method, 
     items = problems(3)
     config = LoopConfig(method=method, population=4, k=2, steps=4, max_new_tokens=64, seed=5)
     whole = new_run(tmp_path / "whole", items)
-    run_evaluation(fake_engine(), items, config, whole, progress=False)
+    evaluate(fake_engine(), items, config, whole, progress=False)
 
     broken = new_run(tmp_path / "broken", items)
     with pytest.raises(RuntimeError, match=f"injected failure on generate call {fail_on_call}"):
-        run_evaluation(fake_engine(fail_on_call=fail_on_call), items, config, broken, progress=False)
+        evaluate(fake_engine(fail_on_call=fail_on_call), items, config, broken, progress=False)
     assert len(broken.completed_steps()) == fail_on_call - 1
     assert not (broken.path / "final.json").exists()
     engine = fake_engine()
-    run_evaluation(engine, items, config, broken, progress=False)
+    evaluate(engine, items, config, broken, progress=False)
     assert len(engine.calls) == config.num_steps - fail_on_call + 1  # only the missing steps were generated
     assert records(broken.path) == records(whole.path)
     # a complete run needs no engine to be finished again
-    assert run_evaluation(None, items, config, broken, progress=False) == broken.completed_steps()
+    assert evaluate(None, items, config, broken, progress=False) == broken.completed_steps()
 
 
 # ----- a real kill: `rsa eval` on the tiny model through the hf engine -----------------------------------------

@@ -20,8 +20,9 @@ import pytest
 from fault_server import FaultServer
 from test_runs import records
 
+from rsa.evaluate import evaluate
 from rsa.loop import LoopConfig
-from rsa.runs import METRICS, RunDirectory, build_manifest, run_evaluation
+from rsa.runs import METRICS, RunDirectory, build_manifest
 from rsa.seeds import request_seed
 from rsa.tasks import Problem
 
@@ -97,7 +98,7 @@ def test_async_and_barrier_give_identical_records_over_http(tmp_path, method):
             server.delay_fn = slow_problem_0 if schedule == "barrier" else hold_problem_0(config, 7, len(items))
             server.requests.clear()
             run_dir = new_run(tmp_path / schedule, items)
-            run_evaluation(http_engine(server.url, max_concurrency=8), items, config, run_dir, progress=False)
+            evaluate(http_engine(server.url, max_concurrency=8), items, config, run_dir, progress=False)
             runs[schedule] = [step_of(body["seed"], 7, config, 3) for body in list(server.requests)]
     assert records(tmp_path / "async") == records(tmp_path / "barrier")
     assert not list((tmp_path / "async").rglob("*.pending.jsonl"))
@@ -120,7 +121,7 @@ def test_async_and_barrier_give_identical_metrics_on_vllm(vllm_engine, tmp_path)
         config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=24, seed=3, schedule=schedule)
         run_dir = RunDirectory(tmp_path / schedule)
         run_dir.create(build_manifest({}, model="tiny", engine="vllm", revision=None, problems=items, seed=3), items)
-        run_evaluation(vllm_engine, items, config, run_dir, progress=False)
+        evaluate(vllm_engine, items, config, run_dir, progress=False)
     assert records(tmp_path / "async") == records(tmp_path / "barrier")
     population = records(tmp_path / "async")["population/step_003.jsonl"]
     assert len(population) == 4 * 4 and all(1 <= r["num_tokens"] <= 24 for r in population)
@@ -142,7 +143,7 @@ def test_async_and_barrier_give_identical_records_against_a_vllm_server(vllm_ser
         config = LoopConfig(population=4, k=2, steps=3, max_new_tokens=16, seed=9, schedule=schedule)
         run_dir = RunDirectory(tmp_path / schedule)
         run_dir.create(build_manifest({}, model="tiny", engine="openai", revision=None, problems=items, seed=9), items)
-        run_evaluation(engine, items, config, run_dir, progress=False)
+        evaluate(engine, items, config, run_dir, progress=False)
     assert records(tmp_path / "async") == records(tmp_path / "barrier")
 
 
@@ -277,7 +278,7 @@ def test_a_poisoned_problem_left_alone_at_the_end_is_not_an_engine_outage(tmp_pa
         fail_when=lambda body: poisoned in body["messages"][-1]["content"],
     ) as server:
         run_dir = new_run(tmp_path / "run", items)
-        summaries = run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+        summaries = evaluate(http_engine(server.url), items, config, run_dir, progress=False)
     assert [s["failed_requests"] for s in summaries] == [2, 2, 2, 2]
     assert (run_dir.path / "final.json").exists()
 
@@ -290,7 +291,7 @@ def test_failures_across_problems_still_stop_the_run_as_an_outage(tmp_path):
     with FaultServer(content_fn=answer, fail_when=lambda body: True) as server:
         run_dir = new_run(tmp_path / "run", items)
         with pytest.raises(EngineError, match="requests of 3 problem.s. failed in a row.*the engine looks down"):
-            run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+            evaluate(http_engine(server.url), items, config, run_dir, progress=False)
     assert not run_dir.completed_steps()
 
 
@@ -300,17 +301,17 @@ def test_resume_retries_only_the_failed_member_and_what_was_built_on_it(tmp_path
     bad_seed = request_seed(5, 2, 1, 3)  # step 2, problem 1, slot 3
     with FaultServer(content_fn=answer, fail_when=lambda body: body.get("seed") == bad_seed) as server:
         run_dir = new_run(tmp_path / "run", items, seed=5)
-        summaries = run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+        summaries = evaluate(http_engine(server.url), items, config, run_dir, progress=False)
         assert [s["failed_requests"] for s in summaries] == [0, 1, 0]
         step3 = [json.loads(line) for line in run_dir.step_file("population", 3).read_text().splitlines()]
         dependents = [r["slot"] for r in step3 if r["problem_index"] == 1 and 3 in r["parents"]]
         server.fail_when = None
         server.requests.clear()
-        run_evaluation(http_engine(server.url), items, config, run_dir, progress=False)
+        evaluate(http_engine(server.url), items, config, run_dir, progress=False)
         retried = sorted(step_of(body["seed"], 5, config, 3) for body in server.requests)
         assert retried == sorted([(2, 1, 3)] + [(3, 1, slot) for slot in dependents])
         clean = new_run(tmp_path / "clean", items, seed=5)
-        run_evaluation(http_engine(server.url), items, config, clean, progress=False)
+        evaluate(http_engine(server.url), items, config, clean, progress=False)
     assert records(run_dir.path) == records(clean.path)
 
 
@@ -327,7 +328,7 @@ def test_engine_errors_in_a_batch_engine_fail_only_their_request(tmp_path, fake_
 
     items = problems(3)
     run_dir = new_run(tmp_path / "run", items)
-    summaries = run_evaluation(
+    summaries = evaluate(
         OneBadPrompt(), items, LoopConfig(population=2, k=2, steps=2, max_new_tokens=32), run_dir, progress=False
     )
     assert [s["failed_requests"] for s in summaries] == [2, 2]
@@ -374,9 +375,7 @@ def test_only_the_runs_own_temporaries_are_removed(tmp_path, fake_engine):
     for path in own + foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("partial")
-    run_evaluation(
-        fake_engine(), items, LoopConfig(population=2, k=2, steps=2, max_new_tokens=32), run_dir, progress=False
-    )
+    evaluate(fake_engine(), items, LoopConfig(population=2, k=2, steps=2, max_new_tokens=32), run_dir, progress=False)
     assert not any(p.exists() for p in own)
     assert all(p.read_text() == "partial" for p in foreign)
 
@@ -385,17 +384,17 @@ def test_corrupt_committed_line_stops_with_file_and_line_and_repair_rebuilds(tmp
     items = problems(2)
     config = LoopConfig(population=2, k=2, steps=3, max_new_tokens=32)
     run_dir = new_run(tmp_path / "run", items)
-    run_evaluation(fake_engine(), items, config, run_dir, progress=False)
+    evaluate(fake_engine(), items, config, run_dir, progress=False)
     path = run_dir.path / METRICS
     good = path.read_text()
     lines = good.splitlines(keepends=True)
     path.write_text(lines[0] + '{"step": 2, "pass_at_1": 0.5, garbage\n' + lines[2])
     broken = path.read_bytes()
     with pytest.raises(ValueError, match=r"metrics.jsonl: line 2: corrupt metrics line.*never deleted"):
-        run_evaluation(fake_engine(), items, config, run_dir, progress=False)
+        evaluate(fake_engine(), items, config, run_dir, progress=False)
     assert path.read_bytes() == broken  # nothing cut off
     engine = fake_engine()
-    run_evaluation(engine, items, config, run_dir, progress=False, repair=True)
+    evaluate(engine, items, config, run_dir, progress=False, repair=True)
     assert engine.calls == []  # every step came back from the population files
     assert (run_dir.path / (METRICS + ".bad")).read_bytes() == broken
     strip = [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"} for line in good.splitlines()]
@@ -408,7 +407,7 @@ def test_torn_last_line_is_dropped_with_an_honest_warning(tmp_path, fake_engine,
     items = problems(2)
     config = LoopConfig(population=2, k=2, steps=2, max_new_tokens=32)
     run_dir = new_run(tmp_path / "run", items)
-    run_evaluation(fake_engine(), items, config, run_dir, progress=False)
+    evaluate(fake_engine(), items, config, run_dir, progress=False)
     with open(run_dir.path / METRICS, "a") as fh:
         fh.write('{"step": 3, "pass')
     with caplog.at_level("WARNING"):

@@ -141,7 +141,7 @@ def test_non_loopback_bind_without_a_key_refuses_to_start(tmp_path):
 
 
 def test_a_wrong_key_gets_401_and_the_right_one_an_answer(tiny_model_dir):
-    with FaultServer() as backend:
+    with FaultServer() as backend:  # noqa: SIM117 - the server must exist before the engine that names it
         with running(fault_engine(backend, tokenizer=tiny_model_dir), population=2, k=2, steps=2, max_new_tokens=8,
                      served_model_name="fake-model", api_key="s3cret") as (_, url):  # fmt: skip
             for key in ("wrong", "s3cret-but-longer", "none"):
@@ -259,7 +259,7 @@ def _eval_answer(tmp_path: Path, engine_args: list[str], model: str, question: s
                           capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads((out / "final.json").read_text())
-    (answer,) = final["answers"] if "answers" in final else final
+    (answer,) = final["answers"]
     records = [json.loads(line) for step in (1, 2) for line in (out / "population" / f"step_00{step}.jsonl").read_text().split("\n") if line]  # fmt: skip
     text = next(r["text"] for r in records if r["step"] == 2 and r["slot"] == (answer["member"] or 0))
     return text, sum(r["num_tokens"] for r in records)

@@ -70,33 +70,3 @@ def test_report_shows_a_rise_and_a_difference(tmp_path):
     assert "agg-aware RL (on-policy) beats standard RL under RSA at step 3: NOT SHOWN" in text
     assert "agg-aware RL (co-trained) beats standard RL under RSA at step 3: NOT SHOWN" in text
     assert text.rstrip().endswith("extra line")
-
-
-def test_group_plot_draws_one_line_per_arm_with_its_spread():
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from rsa.report import RunSummary, group_figure
-
-    def run(values):
-        steps = [
-            {"step": i + 1, "pass_at_1": v, "pass_at_n": min(1.0, v + 0.2), "majority": v} for i, v in enumerate(values)
-        ]
-        return RunSummary(Path("."), "r", {}, steps, None)
-
-    groups = {"base": [run([0.2, 0.4, 0.6])], "trained": [run([0.5, 0.6, 0.7]), run([0.3, 0.6, 0.9])]}
-    fig = group_figure(groups)
-    try:
-        pass_at_1 = fig.axes[0]
-        assert [line.get_label() for line in pass_at_1.lines] == ["base (1 runs)", "trained (2 runs)"]
-        assert np.allclose(pass_at_1.lines[0].get_ydata(), [20, 40, 60])  # percent, the single run itself
-        assert np.allclose(pass_at_1.lines[1].get_ydata(), [40, 60, 80])  # the mean of the two runs
-        assert len(pass_at_1.collections) == 1  # a band for the group with a spread, none for a single run
-        band = pass_at_1.collections[0].get_paths()[0].vertices[:, 1]
-        assert np.isclose(band.max(), 90) and np.isclose(band.min(), 30)  # mean ± std: 80 + 10, 40 - 10
-        assert all(ax.get_ylim() == (0.0, 100.0) for ax in fig.axes)  # one shared scale for every panel
-        assert pass_at_1.lines[0].get_color() != pass_at_1.lines[1].get_color()
-    finally:
-        plt.close(fig)

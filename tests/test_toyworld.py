@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import subprocess
@@ -21,6 +22,7 @@ from rsa.tasks.toy import (
     solution,
 )
 from rsa.toyworld import ToyWorldConfig
+from rsa.toyworld.evidence import ARM_NAMES
 from rsa.toyworld.pipeline import DEFAULT_WORLD, evaluate
 from rsa.toyworld.pretrain import PretrainConfig, pretraining_example
 from rsa.toyworld.worlds import get_world
@@ -158,7 +160,9 @@ def test_quick_demo_runs_every_stage(tmp_path):
                  "| agg-aware RL (co-trained) | 1 |", "## Mechanism", "standard RL vs base at step 3"):  # fmt: skip
         assert text in summary, text
     assert (out / "report" / "rsa_steps.png").stat().st_size > 1000
-    assert (out / "report" / "rsa_steps_by_arm.png").stat().st_size > 1000  # one line per arm with its spread
+    groups = list(csv.DictReader((out / "report" / "groups.csv").open()))  # one row per arm, seeds pooled
+    assert sorted(g["group"] for g in groups) == sorted(ARM_NAMES[arm] for arm in ["base", *expected_kinds]), groups
+    assert all(g["pass@1 step T (%) mean"] for g in groups)
     # the evaluations ran in worker processes; the same evaluation in this process gives the same populations
     config = ToyWorldConfig.quick(DEFAULT_WORLD)
     again_dir = evaluate(

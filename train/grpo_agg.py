@@ -5,7 +5,7 @@ Launch (one node, 8 GPUs, vLLM colocated with training):
     accelerate launch --config_file configs/accelerate/zero3.yaml \\
         train/grpo_agg.py --config configs/recipes/qwen3_4b_agg.yaml
 
-CPU smoke run (tiny model built offline first: `rsa tiny-model --out .cache/tiny-model`):
+CPU smoke run (tiny model built offline first: `rsa tiny-model --out models/tiny`):
 
     python train/grpo_agg.py --config configs/recipes/cpu_smoke.yaml
 

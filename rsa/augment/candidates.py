@@ -8,24 +8,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rsa.augment.config import CANDIDATES_DIR, MANIFEST, MANIFEST_FORMAT, CandidateConfig, MixConfig
 from rsa.engines.base import Engine
-from rsa.runs import (
-    manifest_differences,
-    package_versions,
-    problems_digest,
-    read_jsonl,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
+from rsa.jsonl import read_jsonl, read_records, write_json_atomic, write_jsonl_atomic
+from rsa.provenance import manifest_differences, package_versions, problems_digest
 from rsa.seeds import request_seed
 from rsa.tasks import CORRECT_SCORE, Problem, get_task
 from rsa.tasks.base import PROMPT_VERSION
-
-if TYPE_CHECKING:  # the build module imports this one
-    from rsa.augment.build import BuildReport
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +207,7 @@ class CandidateStore:
             path = self.shard_path(shard)
             if not path.exists():
                 raise ValueError(f"candidate shard {path} is missing; resume the build to generate it")
-            for lineno, record in enumerate(read_jsonl(path), 1):
+            for lineno, record in read_records(path):
                 pi = record.get("problem_index")
                 if (
                     not isinstance(pi, int)
@@ -244,8 +235,8 @@ class CandidateStore:
                 )
         return candidates
 
-    def record_build(self, mix: MixConfig, report: BuildReport) -> None:
-        """Note the latest dataset build (its mixture options and counts) in the manifest."""
+    def record_build(self, mix: MixConfig, rows: int) -> None:
+        """Note the latest dataset build (its mixture options and its number of `rows`) in the manifest."""
         manifest = self.manifest() or {}
-        manifest["last_build"] = {"mix": mix.to_dict(), "rows": report.plain + report.aggregate}
+        manifest["last_build"] = {"mix": mix.to_dict(), "rows": rows}
         write_json_atomic(self.manifest_path, manifest)

@@ -24,7 +24,10 @@ class AtomicParquet:
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        from rsa.jsonl import current_umask
+
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~current_umask())  # not mkstemp's 0600: the dataset follows the umask
         os.close(fd)
         self.writer = pq.ParquetWriter(self.tmp, dataset_schema())
         self.rows = 0

@@ -11,7 +11,7 @@ from rsa.augment.candidates import CandidateStore
 from rsa.augment.config import DATASET_FILE, REPORT_FILE, CandidateConfig, MixConfig, check_gold_answers, check_k_fits
 from rsa.augment.output import write_dataset
 from rsa.engines.base import Engine
-from rsa.runs import write_json_atomic
+from rsa.jsonl import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -81,5 +81,5 @@ def build_augmented_dataset(
     )
     write_dataset(rows, store.out / DATASET_FILE)
     write_json_atomic(store.out / REPORT_FILE, report.to_dict())
-    store.record_build(mix, report)
+    store.record_build(mix, report.plain + report.aggregate)
     return report

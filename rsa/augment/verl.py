@@ -17,7 +17,7 @@ from rsa.augment.budget import LengthBudget, format_histogram
 from rsa.augment.build import base_row
 from rsa.augment.config import CLASSES, DATASET_FILE, MANIFEST, REPORT_FILE
 from rsa.augment.output import AtomicParquet
-from rsa.runs import write_json_atomic
+from rsa.jsonl import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ Import (a verl-layout aggregation dataset, e.g. the paper's, converted to our co
     rsa augment --import aggregation_aware_rl_data.parquet --out data/agg-paper \\
         [--tokenizer Qwen/Qwen3-4B-Instruct-2507 --train-context-len 41984 --max-completion-length 8192]
 
-`--push-to-hub REPO` then uploads OUT as a Hub dataset with a card of its provenance and mixture
-(`rsa.publish.push_dataset`); the token is checked before the build starts.
+`--push_to_hub --hub_model_id REPO` then uploads OUT as a Hub dataset with a card of its provenance and mixture
+(`rsa.publish.push_dataset`; the options are named as in TRL: `--hub_private_repo`, `--hub_revision`); the token
+is checked before the build starts, and when the upload fails the built dataset stays in OUT.
 
 Options can also come from a YAML file (`--config FILE.yaml`); options given on the command line win.
 The options are the fields of `rsa.configs.AugmentConfig`; `rsa.build_dataset.run_augment` runs the same
@@ -46,6 +47,10 @@ def main(argv: list[str], prog: str = "rsa augment") -> int:
     from rsa.commands.config_parser import parse_config
     from rsa.configs import AugmentConfig
 
+    for i, item in enumerate(argv[:-1]):  # the old `--push-to-hub REPO`: push_to_hub is TRL's boolean now
+        value = argv[i + 1]
+        if item in ("--push_to_hub", "--push-to-hub") and not value.startswith("-") and "/" in value:
+            raise ValueError(f"--push_to_hub is a switch (as in TRL): write --push_to_hub --hub_model_id {value}")
     return run(parse_config(AugmentConfig, argv, prog=prog, description=__doc__), prog)
 
 
@@ -67,12 +72,26 @@ def run(config, prog: str = "rsa augment") -> int:
         if (Path(config.out) / "manifest.json").exists():
             print(f"{prog}: the build in {config.out} can be continued with --resume", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # finished shards are on disk
+        print(f"{prog}: interrupted; finished shards are kept: continue with the same command and --resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(report.summary())
     print(f"dataset: {Path(config.out) / DATASET_FILE}")
     if config.push_to_hub:
         from rsa.publish import push_dataset
 
-        url = push_dataset(config.out, config.push_to_hub, token=token, private=config.hub_private,
-                           revision=config.hub_revision)  # fmt: skip
+        try:
+            url = push_dataset(config.out, config.hub_model_id, token=token, private=config.hub_private_repo,
+                               revision=config.hub_revision)  # fmt: skip
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (network and Hub errors share no base class): one line, not a traceback
+            print(
+                f"{prog}: could not push to the Hub ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"the dataset is kept in {config.out}: push it later with the same command and --resume",
+                file=sys.stderr,
+            )
+            return 1
         print(f"pushed to the Hub: {url}")
     return 0

@@ -77,17 +77,28 @@ def _pop_config(argv: list[str]) -> Path | None:
     return None
 
 
-def parse_config(cls: type[T], argv: Sequence[str], prog: str, description: str | None = None) -> T:
+def parse_config(
+    cls: type[T], argv: Sequence[str], prog: str, description: str | None = None, defaults: dict | None = None
+) -> T:
     """An instance of config class `cls` from `argv` (its `__post_init__` validates it).
 
-    `--help` prints the options and exits (SystemExit); a malformed value exits like argparse does (code 2);
-    an unknown option or config key raises ValueError.
+    `defaults` (e.g. a resumed run's manifest config) are the values below the `--config` file's, which are
+    below the command line's. `--help` prints the options and exits (SystemExit); a malformed value exits like
+    argparse does (code 2); an unknown option or config key raises ValueError, before any other check, naming
+    the closest known option.
     """
+    from rsa.cli import unknown_options
+
     argv = list(argv)
     parser = build_config_parser(cls, prog, description)
     if "-h" in argv or "--help" in argv:
         parser.parse_args(["--help"])
     config_file = _pop_config(argv)
+    unknown = unknown_options(argv, parser._option_string_actions)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}; see `{prog} --help`")
+    if defaults:
+        parser.set_defaults_with_config(**defaults)
     if config_file is not None:
         parser.set_defaults_with_config(**read_config_file(config_file, cls))
     *outputs, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)

@@ -26,6 +26,23 @@ from rsa.types import Conversation
 ReasoningMode = Literal["separate", "strip", "keep"]
 REASONING_MODES: tuple[str, ...] = ("separate", "strip", "keep")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+#: model dtypes the hf and vllm engines take, and the common spellings of each
+DTYPES: dict[str, tuple[str, ...]] = {
+    "auto": (),
+    "bfloat16": ("bf16",),
+    "float16": ("fp16", "half"),
+    "float32": ("fp32", "float"),
+}
+
+
+def canonical_dtype(name: str) -> str:
+    """The dtype name the engines take (`bf16` -> `bfloat16`, ...); ValueError listing the choices otherwise."""
+    key = str(name).strip().lower().removeprefix("torch.")
+    for dtype, aliases in DTYPES.items():
+        if key == dtype or key in aliases:
+            return dtype
+    choices = ", ".join(f"{d} ({', '.join(a)})" if a else d for d, a in DTYPES.items())
+    raise ValueError(f"--dtype {name!r}: unknown dtype; choose one of {choices}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from rsa.engines.base import (
     Generation,
     SamplingParams,
     batch_seeds,
+    canonical_dtype,
     check_reasoning_mode,
     split_reasoning,
 )
@@ -116,6 +117,7 @@ class HFEngine(Engine):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        dtype = canonical_dtype(dtype)
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model, trust_remote_code=trust_remote_code)

@@ -36,7 +36,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rsa.jsonl import read_records
+from rsa.jsonl import read_jsonl
 from rsa.sandbox import RunResult, Sandbox, TestSuite, default_sandbox
 from rsa.tasks.base import Problem, Task
 
@@ -402,7 +402,7 @@ def _read_records(path: Path) -> list[dict]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
         return data
-    return [record for _, record in read_records(path)]  # split on "\n" only, errors name the line
+    return read_jsonl(path)  # split on "\n" only, errors name the line
 
 
 # code_generation_lite: each release adds one file; release_vN = files 1..N, vN = file N only.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rsa.jsonl import read_records as read_jsonl_file
+from rsa.jsonl import read_jsonl
 from rsa.tasks import Problem, get_task
 from rsa.toyworld.worlds import world_of_task
 
@@ -210,15 +210,11 @@ def gate_line(result: dict, failures: Sequence[str]) -> str:
 
 def write_gate(out_dir: str | Path, result: dict, failures: Sequence[str], thresholds: GateThresholds) -> Path:
     """Write the gate result next to the model (`toy_gate.json`, atomically)."""
-    from rsa.runs import write_json_atomic
+    from rsa.jsonl import write_json_atomic
 
     path = Path(out_dir) / GATE_FILE
     write_json_atomic(path, {"result": result, "failures": list(failures), "thresholds": asdict(thresholds)})
     return path
-
-
-def _records(path: Path) -> list[dict]:
-    return [record for _, record in read_jsonl_file(path)]
 
 
 def run_diagnostics(run_dir: str | Path) -> list[dict]:
@@ -232,13 +228,13 @@ def run_diagnostics(run_dir: str | Path) -> list[dict]:
     candidate) and `verdicts_right` (share of the check lines written whose verdict is right).
     """
     run = Path(run_dir)
-    problems = {str(p["id"]): p for p in _records(run / "problems.jsonl")}
+    problems = {str(p["id"]): p for p in read_jsonl(run / "problems.jsonl")}
     world = world_of_task(next(iter(problems.values())).get("task", "toy"))
     task = get_task(world.task)
     previous: dict[str, dict[int, str]] = {}
     out = []
     for path in sorted((run / "population").glob("step_*.jsonl")):
-        members = _records(path)
+        members = read_jsonl(path)
         step = int(path.stem.split("_")[1])
         current: dict[str, dict[int, str]] = {}
         correct: dict[str, set] = {pid: set() for pid in problems}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsa.jsonl import read_records
+from rsa.jsonl import read_jsonl
 from rsa.stats import fmt, paired_bootstrap, spread
 from rsa.toyworld.diagnostics import run_diagnostics
 from rsa.toyworld.worlds import world_of_task
@@ -29,17 +29,13 @@ AGGREGATION_ARMS = ("offline", "onpolicy", "cotrained")
 RunKey = tuple[str, "int | None", int]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [record for _, record in read_records(path)]
-
-
 def load_run(run_dir: Path) -> dict:
     """A run's problem order, difficulties, per-step per-problem Pass@1 / Pass@N / majority, and metrics lines."""
-    problems = _read_jsonl(run_dir / "problems.jsonl")
+    problems = read_jsonl(run_dir / "problems.jsonl")
     order = [str(p["id"]) for p in problems]
     steps = {}
     for path in sorted((run_dir / "per_problem").glob("step_*.jsonl")):
-        records = {str(r["problem_id"]): r for r in _read_jsonl(path)}
+        records = {str(r["problem_id"]): r for r in read_jsonl(path)}
         steps[int(path.stem.split("_")[1])] = {
             key: np.array([records[pid][key] for pid in order], dtype=float)
             for key in ("pass_at_1", "pass_at_n", "majority")

@@ -12,8 +12,8 @@ one folder:
                              standard (plain prompts only), offline (the augment mixture, the paper's recipe),
                              onpolicy (plain problems; a share of groups aggregate candidates of the current policy),
                              cotrained (plain problems; each group's second half aggregates its first half)
-    OUT/eval/<arm>[-t<s>]-s<seed>  RSA evaluation (rsa.loop + rsa.runs) of each model on the same problems
-    OUT/report/              rsa.report.write_report: table and Pass@1 / Pass@N / majority vs step plots
+    OUT/eval/<arm>[-t<s>]-s<seed>  RSA evaluation (rsa.evaluate.evaluate) of each model on the same problems
+    OUT/report/              rsa.report.write_report: one group per arm (mean ± std), Pass@1 / Pass@N / majority plots
     OUT/summary.md           rsa.toyworld.evidence: mean and spread per arm and step, per difficulty, paired
                              bootstrap comparisons, the paper's claims in words, diagnostics, gate, training costs
 
@@ -144,7 +144,7 @@ def _one_thread() -> Iterator[None]:
 
 def write_problems(out: Path, config: ToyWorldConfig) -> tuple[Path, Path]:
     """Training and held-out problem files (flat JSONL, the world's task); disjoint seeds."""
-    from rsa.runs import write_jsonl_atomic
+    from rsa.jsonl import write_jsonl_atomic
 
     world = config.pretrain.toy_world
     out.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ def fixed_candidate_skills(base: Path, models: dict[tuple[str, int], Path], conf
     problems, K=3 candidates from the pre-training solver), so that arms are compared on equal inputs rather
     than on their own RSA populations; one table of means over training seeds. Each model's measurement is kept
     next to it (`toy_skill.json`) and not redone."""
-    from rsa.runs import write_json_atomic
+    from rsa.jsonl import write_json_atomic
     from rsa.stats import fmt
     from rsa.toyworld.diagnostics import GATE_FILE, measure_base
     from rsa.toyworld.evidence import ARM_NAMES
@@ -370,10 +370,12 @@ def fixed_candidate_skills(base: Path, models: dict[tuple[str, int], Path], conf
 
 def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, config: ToyWorldConfig) -> Path:
     """RSA evaluation of one model (hf engine) into the run directory `out_dir`; resumes a partial run."""
+    import rsa.evaluate as evaluation
     from rsa.data import load_problems
     from rsa.engines import make_engine
-    from rsa.loop import LoopConfig, RSALoop
-    from rsa.runs import METRICS, RunDirectory, build_manifest, model_revision, read_jsonl, run_evaluation
+    from rsa.loop import LoopConfig
+    from rsa.provenance import model_revision
+    from rsa.runs import RunDirectory, build_manifest
 
     loop_config = LoopConfig(
         population=config.eval_population,
@@ -401,23 +403,24 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
         seed=seed,
     )
     run_dir = RunDirectory(out_dir)
+    done = None
     if run_dir.exists():
-        run_dir.check_resumable(manifest)
-        if len(run_dir.completed_steps()) >= loop_config.num_steps:
-            run_evaluation(None, problems, loop_config, run_dir, progress=False)  # nothing left to generate
+        done = evaluation.resumable_steps(run_dir, manifest, problems, loop_config)
+        if len(done) >= loop_config.num_steps:
+            evaluation.evaluate(
+                None, problems, loop_config, run_dir, done=done, progress=False
+            )  # nothing left to generate
             logger.info("%s (seed %d): evaluation complete, skipping", arm, seed)
             return out_dir
     logger.info("evaluating %s (seed %d)", arm, seed)
     with _one_thread():
         engine = make_engine("hf", model_path, **ENGINE_OPTIONS)
         try:
-            RSALoop(engine, problems, loop_config).check_context()
-            if not run_dir.exists():
-                run_dir.create(manifest, problems)
-            run_evaluation(engine, problems, loop_config, run_dir, progress=False)
+            steps = evaluation.evaluate(
+                engine, problems, loop_config, run_dir, manifest=manifest, done=done, progress=False
+            )
         finally:
             engine.close()
-    steps = read_jsonl(out_dir / METRICS)
     logger.info("evaluated %s (seed %d): Pass@1 %s", arm, seed, " -> ".join(f"{s['pass_at_1']:.3f}" for s in steps))
     return out_dir
 
@@ -447,24 +450,9 @@ def _worker_logging() -> None:
     )
 
 
-#: the per-arm plot in OUT/report: one line per arm (mean over its runs) with a ± std band
-ARM_PLOT = "rsa_steps_by_arm.png"
-
-
-def write_arm_plot(runs: dict[tuple[str, int | None, int], Path], path: Path) -> Path:
-    """Pass@1, Pass@N and majority vs RSA step, one line per arm over its training and RSA seeds (`rsa.report`)."""
-    from rsa.report import load_run, write_group_plot
-    from rsa.toyworld.evidence import ARM_NAMES
-
-    groups: dict[str, list] = {}
-    for (arm, _, _), run in runs.items():
-        groups.setdefault(ARM_NAMES.get(arm, arm), []).append(load_run(run))
-    return write_group_plot(groups, path)
-
-
 def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_lines: list[str] | None = None) -> str:
     """The evidence report (rsa.toyworld.evidence) over all runs, written to `out/summary.md`."""
-    from rsa.runs import write_text_atomic
+    from rsa.jsonl import write_text_atomic
     from rsa.toyworld.evidence import summarise_runs
 
     text = summarise_runs(runs, extra_lines)
@@ -474,8 +462,9 @@ def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_li
 
 def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     """Run (or resume) the whole toy experiment under `out`; returns the summary table."""
+    from rsa.jsonl import write_json_atomic
     from rsa.report import write_report
-    from rsa.runs import write_json_atomic
+    from rsa.toyworld.evidence import ARM_NAMES
     from rsa.toyworld.pretrain import pretrain
 
     start = time.perf_counter()
@@ -512,8 +501,9 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
             run_keys.append((arm, seed, rsa_seed))
             jobs.append((evaluate, name, model, eval_file, out / "eval" / name, rsa_seed, config))
     runs = dict(zip(run_keys, _run_jobs(jobs, config.workers, processes=True)))
-    paths = write_report(list(runs.values()), out / "report")
-    write_arm_plot(runs, out / "report" / ARM_PLOT)
+    # one group per arm (its training and RSA seeds pooled), named as in the summary
+    arm_names = {run: ARM_NAMES.get(arm, arm) for (arm, _, _), run in runs.items()}
+    paths = write_report(list(runs.values()), out / "report", names=arm_names)
     skills = fixed_candidate_skills(base, models, config)
     table = summarise(runs, out, [*skills, "", *training_costs(models), "", gate])
     logger.info("toy world finished in %.0f s; report in %s", time.perf_counter() - start, paths["markdown"].parent)
