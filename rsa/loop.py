@@ -174,14 +174,14 @@ class LoopConfig:
     def to_dict(self) -> dict:
         """The configuration as a plain JSON-ready dict (the compute-aware options only when set)."""
         values = asdict(self)
-        for name, default in _COMPUTE_DEFAULTS.items():
+        for name, default in COMPUTE_DEFAULTS.items():
             if values[name] == default:  # plain RSA's records and manifests stay as they were
                 del values[name]
         return values
 
 
 #: options of compute-aware RSA and the values that make it plain RSA
-_COMPUTE_DEFAULTS = {"stop_agreement": None, "islands": 1, "migrate_every": 1}
+COMPUTE_DEFAULTS = {"stop_agreement": None, "islands": 1, "migrate_every": 1}
 
 
 @dataclass
@@ -295,11 +295,12 @@ class RSALoop:
         if cfg.spec.parents == "own":
             return [(slot,) for slot in range(size)]  # each chain refines its own answer
         rng = subset_rng(cfg.seed, step, problem_index)
-        if cfg.islands == 1:
-            return draw_aggregation_sets(rng, len(previous), size, cfg.k)
+        # island m's slots aggregate members of its pool; one island (M = 1) is the whole population in order,
+        # so its single draw is plain RSA's
         sets = []
-        for pool in island_pools(len(previous), cfg.islands, migrating=(step - 1) % cfg.migrate_every == 0):
-            drawn = draw_aggregation_sets(rng, len(pool), len(pool), cfg.k)
+        pools = island_pools(len(previous), cfg.islands, migrating=(step - 1) % cfg.migrate_every == 0)
+        for pool in pools:
+            drawn = draw_aggregation_sets(rng, len(pool), size // len(pools), cfg.k)
             sets.extend(tuple(pool[i] for i in row) for row in drawn)
         return sets
 
