@@ -301,6 +301,21 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             "choices": SCHEDULES,
         },
     )
+    stop_agreement: float | None = field(
+        default=None,
+        metadata={
+            "help": "early stopping (method rsa): a problem stops evolving once this share of its members agree on "
+            "the majority answer, e.g. 0.75; its population is carried to later steps (default: off)"
+        },
+    )
+    islands: int = field(
+        default=_default(LoopConfig, "islands"),
+        metadata={"help": "method rsa: M islands of N/M members that aggregate among themselves (1 = plain RSA)"},
+    )
+    migrate_every: int = field(
+        default=_default(LoopConfig, "migrate_every"),
+        metadata={"help": "with --islands: every this many steps one member of each island moves to the next"},
+    )
     allow_existing_dir: bool = field(
         default=False,
         metadata={"help": "start a run in a non-empty --out folder that holds no run (its other files are left alone)"},
@@ -353,6 +368,9 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             final=self.final,
             thinking=self.thinking,
             schedule=self.schedule,
+            stop_agreement=self.stop_agreement,
+            islands=self.islands,
+            migrate_every=self.migrate_every,
         )
 
 

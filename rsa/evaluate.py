@@ -25,7 +25,15 @@ from typing import Any
 from rsa.configs import EvalConfig, auto_max_new_tokens, check_model, model_context_length, read_manifest
 from rsa.engines.base import Engine
 from rsa.jsonl import read_records, write_jsonl_atomic
-from rsa.loop import GroupResult, LoopConfig, Population, RSALoop, evaluated_population, final_answers
+from rsa.loop import (
+    COMPUTE_DEFAULTS,
+    GroupResult,
+    LoopConfig,
+    Population,
+    RSALoop,
+    evaluated_population,
+    final_answers,
+)
 from rsa.metrics import step_metrics
 from rsa.progress import Progress
 from rsa.provenance import model_revision
@@ -207,7 +215,8 @@ def _summarise(
     wall: float | None,
 ) -> tuple[dict, list[dict]]:
     """The metrics line and per-problem records of `step` (the last entry of `history`)."""
-    generated = history[-1]
+    # members an early-stopped problem carries on were generated at an earlier step: not this step's work
+    generated = [[m for m in population if m.carried_from is None] for population in history[-1]]
     summary, records = step_metrics(
         step,
         problems,
@@ -218,6 +227,11 @@ def _summarise(
     summary = {"step": step, "method": config.method, **summary}
     summary["truncated_candidates"] = sum(m.truncated_parents for population in generated for m in population)
     summary["failed_requests"] = sum(m.failed for population in generated for m in population)
+    if config.stop_agreement is not None:
+        stopped = [population[0].carried_from if population else None for population in history[-1]]
+        summary["problems_stopped"] = sum(s is not None for s in stopped)
+        for record, stopped_at in zip(records, stopped):
+            record["stopped_at"] = stopped_at
     return summary, records
 
 
@@ -376,6 +390,9 @@ def _set_manifest(plan: EvalPlan) -> None:
     config = plan.config
     revision = model_revision(config.model, query_hub=config.engine != "openai")
     values = {k: v for k, v in sorted(asdict(config).items())}
+    for name, default in COMPUTE_DEFAULTS.items():  # plain RSA's manifest stays as it was (and old runs resume)
+        if values.get(name) == default:
+            del values[name]
     plan.manifest = build_manifest(
         values, model=config.model, engine=config.engine, revision=revision, problems=plan.problems, seed=config.seed
     )

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -59,7 +59,7 @@ from rsa.schedule import (
     run_schedule,
 )
 from rsa.seeds import draw_aggregation_sets, request_seed, subset_rng
-from rsa.tasks import Conversation, Problem, get_task
+from rsa.tasks import Conversation, Problem, Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ class LoopConfig:
     final: str = "random"  # how the final answer is chosen: a random member or the majority vote
     thinking: str = "strip"  # whether a thinking model's reasoning goes into aggregation prompts
     schedule: str = "async"  # async: problems advance independently; barrier: one step at a time
+    #: early stopping: a problem stops evolving once this share of its members holds the majority answer
+    stop_agreement: float | None = None
+    islands: int = 1  # M sub-populations that draw aggregation sets among themselves (1: plain RSA)
+    migrate_every: int = 1  # every this many steps, one member of each island moves to the next island
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -114,6 +118,34 @@ class LoopConfig:
             raise ValueError(f"unknown thinking mode {self.thinking!r}; choose one of {', '.join(THINKING_MODES)}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self._check_compute_options()
+
+    def _check_compute_options(self) -> None:
+        """Early stopping and islands: ValueError naming the option for a bad value or combination."""
+        if self.stop_agreement is not None:
+            if not isinstance(self.stop_agreement, (int, float)) or not 0 < self.stop_agreement <= 1:
+                raise ValueError(
+                    f"stop_agreement must be a share in (0, 1] (e.g. 0.75: stop once 3/4 of the members agree), "
+                    f"got {self.stop_agreement!r}"
+                )
+            if self.spec.parents != "drawn" or self.spec.single_aggregation:
+                raise ValueError(f"stop_agreement applies to method rsa, not {self.method}")
+        if self.islands < 1:
+            raise ValueError(f"islands M must be >= 1, got {self.islands}")
+        if self.migrate_every < 1:
+            raise ValueError(f"migrate_every must be >= 1 step, got {self.migrate_every}")
+        if self.islands > 1:
+            if self.spec.parents != "drawn" or self.spec.single_aggregation:
+                raise ValueError(f"islands apply to method rsa, not {self.method}")
+            if self.population % self.islands:
+                raise ValueError(
+                    f"islands M={self.islands} must divide the population N={self.population} (equal islands)"
+                )
+            if self.k > self.population // self.islands:
+                raise ValueError(
+                    f"K={self.k} is larger than an island ({self.population // self.islands} members with "
+                    f"N={self.population}, M={self.islands}): use K <= N / M"
+                )
 
     @property
     def spec(self) -> Method:
@@ -140,8 +172,16 @@ class LoopConfig:
         return sum(self.generations_at(t) for t in range(1, self.num_steps + 1))
 
     def to_dict(self) -> dict:
-        """The configuration as a plain JSON-ready dict."""
-        return asdict(self)
+        """The configuration as a plain JSON-ready dict (the compute-aware options only when set)."""
+        values = asdict(self)
+        for name, default in COMPUTE_DEFAULTS.items():
+            if values[name] == default:  # plain RSA's records and manifests stay as they were
+                del values[name]
+        return values
+
+
+#: options of compute-aware RSA and the values that make it plain RSA
+COMPUTE_DEFAULTS = {"stop_agreement": None, "islands": 1, "migrate_every": 1}
 
 
 @dataclass
@@ -163,6 +203,8 @@ class Member:
     #: tokens of the prompt it was generated from, as the engine reported them (not in records)
     prompt_tokens: int | None = field(default=None, repr=False, compare=False)
     prompt: Conversation | None = field(default=None, repr=False, compare=False)  # the request's messages
+    #: early stopping: the step whose member this is, when the problem had stopped and carries it on
+    carried_from: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -253,7 +295,28 @@ class RSALoop:
         if cfg.spec.parents == "own":
             return [(slot,) for slot in range(size)]  # each chain refines its own answer
         rng = subset_rng(cfg.seed, step, problem_index)
-        return draw_aggregation_sets(rng, len(previous), size, cfg.k)
+        # island m's slots aggregate members of its pool; one island (M = 1) is the whole population in order,
+        # so its single draw is plain RSA's
+        sets = []
+        pools = island_pools(len(previous), cfg.islands, migrating=(step - 1) % cfg.migrate_every == 0)
+        for pool in pools:
+            drawn = draw_aggregation_sets(rng, len(pool), size // len(pools), cfg.k)
+            sets.extend(tuple(pool[i] for i in row) for row in drawn)
+        return sets
+
+    def carried(self, step: int, problem_index: int, previous: Population | None) -> Population | None:
+        """Early stopping: `previous` carried on to `step` when its problem has converged, else None.
+
+        A problem has converged when at least `stop_agreement` of its members give the majority answer (by the
+        task's equivalence). The rule reads only the population, so a resumed run, and either schedule, stops
+        the same problems at the same steps.
+        """
+        share = self.config.stop_agreement
+        if share is None or step == 1 or previous is None:
+            return None
+        if agreement(self.tasks[problem_index], self.problems[problem_index], previous) < share:
+            return None
+        return [m if m.carried_from is not None else replace(m, carried_from=step - 1) for m in previous]
 
     def build_request(
         self, step: int, problem_index: int, slot: int, parents: tuple[int, ...], previous: Population | None
@@ -399,3 +462,27 @@ def final_answers(problems: Sequence[Problem], population: Sequence[Population],
             score = members[index].score if cluster else 0.0
         answers.append({"problem_id": problem.id, "rule": rule, "member": index, "answer": answer, "score": score})
     return answers
+
+
+def agreement(task: Task, problem: Problem, population: Sequence[Member]) -> float:
+    """The share of `population` in its largest answer cluster (0.0 when no member has an answer)."""
+    from rsa.voting import majority_answer
+
+    cluster = majority_answer(task, [m.extracted for m in population], problem)
+    return len(cluster.members) / len(population) if cluster and population else 0.0
+
+
+def island_pools(population: int, islands: int, *, migrating: bool) -> list[list[int]]:
+    """Per island, the previous population's slots it aggregates from.
+
+    Island m holds slots [m*S, (m+1)*S), S = N / M. At a migration step the first member of each island moves
+    to the next island (island m's first place goes to island m-1's first member), so islands exchange one
+    member each. With M = 1 the single pool is 0..N-1 in order, which makes the draws plain RSA's.
+    """
+    size = population // islands
+    pools = [list(range(m * size, (m + 1) * size)) for m in range(islands)]
+    if migrating and islands > 1:
+        firsts = [pool[0] for pool in pools]
+        for m, pool in enumerate(pools):
+            pool[0] = firsts[m - 1]
+    return pools

@@ -145,6 +145,8 @@ def member_record(
     }
     if log_prompt and member.prompt is not None:
         record["prompt"] = member.prompt
+    if member.carried_from is not None:  # early stopping: the problem stopped; this is its member of that step
+        record["carried_from"] = member.carried_from
     return record
 
 
@@ -162,6 +164,7 @@ def member_from_record(record: dict) -> Member:
         seed=record.get("seed"),
         error=record.get("error"),
         prompt=record.get("prompt"),
+        carried_from=record.get("carried_from"),
     )
 
 

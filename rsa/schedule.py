@@ -74,6 +74,8 @@ class Algorithm(Protocol):
 
     def member(self, request: Request, outcome: Outcome) -> StoredMember: ...
 
+    def carried(self, step: int, problem_index: int, previous: Sequence | None) -> list | None: ...
+
 
 class ProgressHook(Protocol):
     """What the drivers report while they run (see `rsa.progress.Progress`)."""
@@ -254,6 +256,9 @@ class Groups:
     def plan(self, step: int, problem_index: int) -> tuple[list[StoredMember | None], list[Request]]:
         """The group's reusable members (None where missing) and the requests that must run."""
         population = self.previous[problem_index]
+        carried = self.algorithm.carried(step, problem_index, population)
+        if carried is not None:  # early stopping: the converged population goes on unchanged, nothing to generate
+            return list(carried), []
         sets = self.algorithm.aggregation_sets(step, problem_index, population)
         members = reusable_members(self.stored.get((step, problem_index)), sets, self.changed[problem_index])
         todo = [
