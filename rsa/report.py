@@ -343,19 +343,29 @@ def csv_table(rows: list[dict]) -> str:
 
 #: (metric, step) cells of the group table: step 1 and the group's last step
 GROUP_METRICS = (
-    ("pass_at_1", "first"), ("pass_at_1", "last"), ("pass_at_n", "last"), ("majority", "last"), ("final", None),
+    ("pass_at_1", "first"), ("pass_at_1", "last"), ("tokens", None), ("pass_at_n", "last"), ("majority", "last"),
+    ("final", None),
 )  # fmt: skip
 _METRIC_NAMES = {"pass_at_1": "pass@1", "pass_at_n": "pass@N", "majority": "majority", "final": "final answer"}
+#: the cost column, next to Pass@1: tokens generated over all steps, per problem
+TOKENS_COLUMN = "tokens per problem"
 
 
 def _group_values(group: Group, metric: str, where: str | None) -> list[float]:
     if metric == "final":
         return [100 * r.final_accuracy for r in group.runs if r.final_accuracy is not None]
+    if metric == "tokens":  # what the run cost: early stopping and the budget-matched baselines differ here
+        return [
+            sum(s.get("tokens_generated", 0) for s in run.steps) / max(1, run.steps[-1].get("num_problems") or 1)
+            for run in group.runs
+        ]
     index = 0 if where == "first" else group.steps() - 1
     return [100 * run.steps[index][metric] for run in group.runs]
 
 
 def _group_column(group: Group, metric: str, where: str | None) -> str:
+    if metric == "tokens":
+        return TOKENS_COLUMN
     if metric == "final":
         return f"{_METRIC_NAMES[metric]} (%)"
     step = 1 if where == "first" else "T"

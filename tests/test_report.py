@@ -49,7 +49,7 @@ def write_run(path: Path, rates: list[float], *, seed: int = 1234, model: str = 
                    for i, v in enumerate(values)]  # fmt: skip
         (path / "per_problem" / f"step_{step:03d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (path / "population" / f"step_{step:03d}.jsonl").write_text("")
-        lines.append({"step": step, "num_problems": PROBLEMS, "method": method,
+        lines.append({"step": step, "num_problems": PROBLEMS, "method": method, "tokens_generated": 10 * step + seed,
                       **{k: float(np.mean([r[k] for r in records])) for k in ("pass_at_1", "pass_at_n", "majority")}})  # fmt: skip
     (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     if final is not None:
@@ -81,6 +81,9 @@ def test_runs_of_one_configuration_are_averaged_over_seeds(sweep, capsys):
         ]  # fmt: skip
         assert float(group["pass@1 step T (%) mean"]) == pytest.approx(np.mean(lasts), abs=0.01)
         assert float(group["pass@1 step T (%) std"]) == pytest.approx(np.std(lasts, ddof=1), abs=0.01)
+        # the cost next to Pass@1: tokens generated over the run, per problem (10 * (1 + 2 + 3) + 3 * seed in all)
+        tokens = [(60 + 3 * s) / PROBLEMS for s in (1, 2, 3)]
+        assert float(group["tokens per problem mean"]) == pytest.approx(np.mean(tokens), abs=0.01)
         cell = f"{float(group['pass@1 step T (%) mean']):.1f} ± {float(group['pass@1 step T (%) std']):.1f}"
         assert cell in (report / "report.md").read_text()
     # per run: the same unit (percent) and the same column names in report.md and report.csv

