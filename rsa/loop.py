@@ -269,6 +269,7 @@ class RSALoop:
             seed=config.seed,
         )
         self.calls = EngineCalls(engine, self.params, self.describe_failure, len(self.problems))
+        self._context_checked = False  # execute checks unless the caller already did (rsa.evaluate does, earlier)
 
     @property
     def schedule(self) -> str:
@@ -276,12 +277,15 @@ class RSALoop:
         return effective_schedule(self.engine, self.config.schedule)
 
     def check_context(self) -> None:
-        """Raise ContextBudgetError before generating when some question cannot fit its prompts."""
+        """Raise ContextBudgetError before generating when some question cannot fit its prompts (checked once)."""
+        if self._context_checked:
+            return
         aggregates = self.config.spec.aggregates and self.config.num_steps > 1
         for task, problem in zip(self.tasks, self.problems):
             self.prompts.check_fits(task, problem, None)
             if aggregates:
                 self.prompts.check_fits(task, problem, self.config.aggregation_size)
+        self._context_checked = True
 
     # ----- requests -------------------------------------------------------------------------------------------
     def aggregation_sets(self, step: int, problem_index: int, previous: Population | None) -> list[tuple[int, ...]]:
