@@ -138,12 +138,12 @@ def test_every_subcommand_takes_both_spellings(tmp_path, capsys):
     assert parser.parse_args(["publish", "c", "--runs", "r", "--repo-id", "me/m", "--private"]).private
 
 
-def test_train_takes_both_spellings():
+def test_train_takes_both_spellings(tiny_model_dir):
     from rsa.train import parse_args
 
-    recipe = str(REPO / "configs" / "recipes" / "cpu_smoke.yaml")
-    _, dashed, _ = parse_args(["--config", recipe, "--max-steps", "3", "--num_generations", "4"])
-    _, under, _ = parse_args(["--config", recipe, "--max_steps", "3", "--num-generations", "4"])
+    recipe = ["--config", str(REPO / "configs" / "recipes" / "cpu_smoke.yaml"), "--model_name_or_path", tiny_model_dir]
+    _, dashed, _ = parse_args([*recipe, "--max-steps", "3", "--num_generations", "4"])
+    _, under, _ = parse_args([*recipe, "--max_steps", "3", "--num-generations", "4"])
     assert (dashed.max_steps, dashed.num_generations) == (under.max_steps, under.num_generations) == (3, 4)
 
 
