@@ -52,7 +52,8 @@ def run_variant(name: str, changes: dict, out: Path, problems: int, world: str =
     import torch
 
     torch.set_num_threads(1)
-    from rsa.runs import METRICS, read_jsonl
+    from rsa.jsonl import read_jsonl
+    from rsa.runs import METRICS
     from rsa.toyworld.diagnostics import measure_base, run_diagnostics
     from rsa.toyworld.pipeline import evaluate, write_problems
     from rsa.toyworld.pretrain import pretrain

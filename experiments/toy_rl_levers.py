@@ -56,7 +56,7 @@ def check_demo(demo: Path) -> Path:
 
 def skill_table(models_dir: Path, cache_dir: Path, problems: int) -> str:
     """Measure every model under `models_dir` on fixed in-distribution candidates; a markdown table, mean over seeds."""
-    from rsa.runs import write_json_atomic
+    from rsa.jsonl import write_json_atomic
     from rsa.toyworld.diagnostics import measure_base
 
     pretrain = PretrainConfig()

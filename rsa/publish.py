@@ -263,7 +263,7 @@ def eval_results(runs: list) -> list:
 
 def check_runs_evaluate(info: CheckpointInfo, runs: list, *, allow_other_model: bool = False) -> list[str]:
     """Check that every run evaluated the checkpoint: the run manifest's model revision (`sha256:` of the weight
-    files, `rsa.runs.model_revision`) equals the checkpoint's, or, when the run recorded none, its model path is
+    files, `rsa.provenance.model_revision`) equals the checkpoint's, or, when the run recorded none, its model path is
     the checkpoint. ValueError naming the run and both models otherwise; with `allow_other_model`, the mismatches
     are returned as notes for the card instead."""
     from rsa.provenance import model_revision

@@ -364,7 +364,7 @@ def test_openai_engine_request_lines_only_with_verbose(tmp_path, verbose):
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_atomic_files_follow_the_umask(tmp_path, umask):
     from rsa.augment.output import write_dataset
-    from rsa.runs import write_json_atomic
+    from rsa.jsonl import write_json_atomic
 
     old = os.umask(umask)
     try:

@@ -284,7 +284,7 @@ def test_a_local_path_left_in_a_staged_file_is_refused(tiny_model_dir, tmp_path)
 def test_runs_of_another_model_are_refused_unless_allowed(tiny_model_dir, tmp_path, capsys):
     from conftest import run_cli
 
-    from rsa.runs import model_revision
+    from rsa.provenance import model_revision
 
     checkpoint = full_checkpoint(tiny_model_dir, tmp_path, base=BASE)
     base_revision = model_revision(tiny_model_dir)
