@@ -42,9 +42,9 @@ from rsa.configs import ServeConfig, auto_max_new_tokens
 from rsa.engines.base import Engine, EngineError
 from rsa.fitting import ContextBudgetError
 from rsa.loop import FINAL_RULES, LoopConfig, Member, RSALoop, final_answers
+from rsa.loop import agreement as population_agreement
 from rsa.schedule import Groups, run_async, run_batched
-from rsa.tasks import Problem, get_task
-from rsa.voting import majority_answer
+from rsa.tasks import Problem
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class ChatJob:
     stream: bool = False
     include_usage: bool = False
     return_population: bool = False
+    #: the request's loop on the service's engine, built once when `RSAService.parse` checks its context
+    runner: RSALoop | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -318,8 +320,9 @@ class RSAService:
                 f"{self.engine.max_model_len} tokens",
                 param="max_tokens",
             )
+        job.runner = RSALoop(self.engine, [job.problem], job.loop)
         try:
-            RSALoop(self.engine, [job.problem], job.loop).check_context()
+            job.runner.check_context()
         except ContextBudgetError as exc:
             raise RequestError(400, f"the question does not fit the model's context: {exc}", param="messages") from None
         if self.config.log_prompts:
@@ -362,8 +365,8 @@ class RSAService:
             self._slots.release()
 
     async def _rsa(self, job: ChatJob, on_step: Callable[[int, float], None] | None) -> RSAResult:
-        loop = RSALoop(self.engine, [job.problem], job.loop)
-        task = get_task(job.problem.task)
+        loop = job.runner or RSALoop(self.engine, [job.problem], job.loop)
+        task = loop.tasks[0]
         history: list[list[Member]] = []
         agreement: list[float] = []
 
@@ -375,8 +378,7 @@ class RSAService:
             self.metrics.completion_tokens += tokens
             if failed == len(population):  # nothing to aggregate: the backend is down or refuses this question
                 raise EngineError(f"every generation of step {step} failed; last error: {population[-1].error}")
-            cluster = majority_answer(task, [m.extracted for m in population], job.problem)
-            agreement.append(len(cluster.members) / len(population) if cluster else 0.0)
+            agreement.append(population_agreement(task, job.problem, population))
             history.append(population)
             self.metrics.steps += 1
             if on_step is not None:
