@@ -33,11 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
     parser.add_argument("--dataset", help="problem file (default: the toy world's held-out pick problems)")
-    parser.add_argument("--problems", type=int, default=64, help="held-out pick problems to generate")
+    parser.add_argument("--problems", type=int, default=128, help="held-out pick problems to generate")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235], help="RSA seeds")
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="T (default: the paper's and rsa eval's 10)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.75, 0.875, 1.0])
     parser.add_argument("--islands", type=int, nargs="+", default=[2])
@@ -66,7 +66,7 @@ def main() -> None:
     problems = load_problems(dataset)
 
     variants: list[tuple[str, dict]] = [("plain RSA", {})]
-    variants += [(f"stop at {t:g}", {"stop_agreement": t}) for t in args.thresholds]
+    variants += [(_stop_name(t), {"stop_agreement": t}) for t in args.thresholds]
     variants += [(f"islands M={m}", {"islands": m, "migrate_every": args.migrate_every}) for m in args.islands]
 
     for model in args.model:
@@ -116,6 +116,13 @@ def main() -> None:
         _print_table(model, results, args, len(problems), paired_bootstrap)
 
 
+def _stop_name(share: float) -> str:
+    """The variant's name; the default threshold (the bare `--stop_agreement`) says so."""
+    from rsa.loop import DEFAULT_STOP_AGREEMENT
+
+    return f"stop at {share:g}" + (" (default)" if share == DEFAULT_STOP_AGREEMENT else "")
+
+
 def _majority(problems, last) -> list[float]:
     """Per problem: the score of the last population's majority answer."""
     from rsa.tasks import get_task
@@ -144,6 +151,14 @@ def _print_table(model: str, results: dict, args, num_problems: int, paired_boot
         pass_n = " ".join(f"{v:.3f}" for v in r["pass_n"])
         print(f"| {name} | {r['tokens']} | {saved:+.1%} | {r['pass1'].mean():.3f} | {compare} | "
               f"{r['majority']:.3f} | {pass_n} |")  # fmt: skip
+    default = next((r for name, r in results.items() if name.endswith("(default)")), None)
+    if default is not None and plain["tokens"]:
+        saved = 1 - default["tokens"] / plain["tokens"]
+        compare = paired_bootstrap(plain["pass1"], default["pass1"])
+        met = saved >= 0.30 and compare.difference >= -0.01 and compare.high >= 0
+        print(f"\ndefault early stopping: {saved:.1%} of the tokens saved, Pass@1 {compare} against plain RSA "
+              f"({'meets' if met else 'misses'} the target: >= 30% saved, difference >= -0.01, interval "
+              f"reaching 0 or above)")  # fmt: skip
     # the mechanism: what the stopped problems would have become under plain RSA
     print("\n| variant | (problem, seed) stopped | mean stop step | agreement when stopped | Pass@1 at T: stopped "
           "/ plain RSA | majority at T: stopped / plain RSA |")  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rsa.augment import CandidateConfig, MixConfig
-from rsa.loop import FINAL_RULES, METHODS, SCHEDULES, THINKING_MODES, LoopConfig
+from rsa.loop import DEFAULT_STOP_AGREEMENT, FINAL_RULES, METHODS, SCHEDULES, THINKING_MODES, LoopConfig
 
 ENGINES = ("hf", "vllm", "openai")
 #: `max_new_tokens` when the model's context is unknown or large: the auto value is min(this, context // 2)
@@ -305,8 +305,12 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
         default=None,
         metadata={
             "help": "early stopping (method rsa): a problem stops evolving once this share of its members agree on "
-            "the majority answer; its population is carried to later steps (default: off). 1 (unanimous) kept "
-            "Pass@1 in docs/ARCHITECTURE.md's measurements; lower shares save more and cost Pass@1"
+            "the majority answer; its population is carried to later steps. Off by default; the bare flag means "
+            f"{DEFAULT_STOP_AGREEMENT:g} (unanimous), the setting docs/ARCHITECTURE.md measured to save tokens "
+            "without costing Pass@1; lower shares save more and cost Pass@1",
+            "nargs": "?",
+            "const": DEFAULT_STOP_AGREEMENT,
+            "metavar": "SHARE",
         },
     )
     islands: int = field(

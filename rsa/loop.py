@@ -64,6 +64,8 @@ from rsa.tasks import Conversation, Problem, Task, get_task
 logger = logging.getLogger(__name__)
 
 FINAL_RULES = ("random", "majority")
+#: the early-stopping share that `--stop_agreement` without a value means: unanimous
+DEFAULT_STOP_AGREEMENT = 1.0
 THINKING_MODES = ("strip", "keep")
 
 
@@ -123,7 +125,8 @@ class LoopConfig:
     def _check_compute_options(self) -> None:
         """Early stopping and islands: ValueError naming the option for a bad value or combination."""
         if self.stop_agreement is not None:
-            if not isinstance(self.stop_agreement, (int, float)) or not 0 < self.stop_agreement <= 1:
+            share = self.stop_agreement
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
                 raise ValueError(
                     f"stop_agreement must be a share in (0, 1] (e.g. 0.75: stop once 3/4 of the members agree), "
                     f"got {self.stop_agreement!r}"

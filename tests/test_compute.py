@@ -9,14 +9,20 @@ problem 1 answers by its seed (it never converges), problem 2 mostly 7.
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from rsa.cli import main as rsa_main
-from rsa.loop import LoopConfig, island_pools
+from rsa.loop import DEFAULT_STOP_AGREEMENT, LoopConfig, island_pools
 from tests.fault_server import FaultServer
 
 
@@ -97,6 +103,17 @@ def test_bad_compute_options_are_one_line_errors_before_any_engine(options, mess
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_yes_no_stop_agreement_in_a_config_file_is_refused(tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text("stop_agreement: true\n")  # a share is meant; `true` must not pass as 1
+    argv = ["eval", "--engine", "hf", "--model", str(tmp_path / "no-such-model"), "--dataset", "rg:basic_arithmetic",
+            "--population", "4", "--k", "2", "--config", str(config), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert rsa_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "stop_agreement must be a share in (0, 1]" in err and "got True" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 # ----- early stopping -----------------------------------------------------------------------------------------
@@ -187,3 +204,67 @@ def test_early_stopping_gives_the_same_records_under_either_schedule_and_after_a
     assert (tmp_path / "async" / "final.json").read_bytes() == (tmp_path / "resumed" / "final.json").read_bytes()
     # the resume regenerated only problem 1's failed aggregations (steps 2-4), never problem 0's carried groups
     assert resumed_requests == 3 * 4
+
+
+def test_bare_stop_agreement_means_unanimous(three_problems, tmp_path):
+    with FaultServer(content_fn=_answer) as server:
+        assert _served_eval(server, three_problems, tmp_path / "bare", "--stop_agreement") == 0
+        assert _served_eval(server, three_problems, tmp_path / "one", "--stop_agreement", "1") == 0
+    manifest = json.loads((tmp_path / "bare" / "manifest.json").read_text())
+    assert manifest["config"]["stop_agreement"] == DEFAULT_STOP_AGREEMENT == 1.0
+    assert _files(tmp_path / "bare") == _files(tmp_path / "one")
+    assert any("carried_from" in r for r in _records(tmp_path / "bare", 4))  # problem 0 is unanimous at step 1
+
+
+# ----- a real kill: both options on, `rsa eval` SIGKILLed in the middle of a step, then resumed ------------------
+def test_resume_after_sigkill_with_early_stopping_and_islands_matches_an_uninterrupted_run(three_problems, tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    options = ("--stop_agreement", "--islands", "2", "--migrate_every", "2")
+    killed = tmp_path / "killed"
+    # every answer takes 30 ms, so a step of 12 requests lasts long enough to be killed in
+    with FaultServer(content_fn=_answer, delay=0.03) as server:
+        argv = ["eval", "--engine", "openai", "--model", "fake-model", "--base-url", server.url, "--max_retries", "0",
+                "--dataset", str(three_problems), "--population", "4", "--k", "2", "--steps", "4",
+                "--max_new_tokens", "16", "--seed", "1", "--no-progress", "--schedule", "barrier", *options]  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rsa.cli", *argv, "--out", str(killed)],
+            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        metrics = killed / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                if metrics.exists() and metrics.read_text().count("\n") >= 2:
+                    process.send_signal(signal.SIGKILL)  # steps 1 and 2 are committed: kill it inside step 3
+                    break
+                time.sleep(0.005)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            _, stderr = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+        assert len(_metrics(killed)) < 4 and not (killed / "final.json").exists()
+        assert rsa_main([*argv, "--out", str(killed), "--resume"]) == 0
+        assert rsa_main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    assert _files(killed) == _files(tmp_path / "whole")
+    assert (killed / "final.json").read_bytes() == (tmp_path / "whole" / "final.json").read_bytes()
+    assert any("carried_from" in r for r in _records(killed, 4))  # the kill interrupted a run that did stop a problem
+
+
+def test_rsa_report_puts_each_option_in_its_own_group_with_its_tokens(three_problems, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    with FaultServer(content_fn=_answer) as server:
+        for name, extra in (("plain", ()), ("stop", ("--stop_agreement",)), ("islands", ("--islands", "2"))):
+            assert _served_eval(server, three_problems, runs / name, *extra) == 0
+    assert rsa_main(["report", str(runs), "--out", str(tmp_path / "report")]) == 0
+    groups = {g["group"]: g for g in csv.DictReader((tmp_path / "report" / "groups.csv").open())}
+    assert len(groups) == 3
+    (plain,) = [g for name, g in groups.items() if "islands=None" in name and "stop_agreement=None" in name]
+    (stop,) = [g for name, g in groups.items() if "stop_agreement=1.0" in name]
+    (islands,) = [g for name, g in groups.items() if "islands=2" in name]
+    tokens = {name: sum(m["tokens_generated"] for m in _metrics(runs / name)) / 3 for name in ("plain", "stop")}
+    assert float(plain["tokens per problem mean"]) == pytest.approx(tokens["plain"], abs=0.01)
+    assert float(stop["tokens per problem mean"]) == pytest.approx(tokens["stop"], abs=0.01)
+    assert tokens["stop"] < tokens["plain"]  # problem 0 stopped after step 1
+    assert islands["pass@N step T (%) mean"] != "" and islands["pass@1 step T (%) mean"] != ""
