@@ -106,6 +106,27 @@ def test_aggregation_targets_copy_a_valid_candidate_with_the_given_probability()
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # a few minutes alone; a shared 2-core machine can take several times longer
+def test_a_run_folder_made_with_other_settings_is_refused_before_any_work(tmp_path, capsys):
+    from dataclasses import asdict, replace
+
+    from rsa.cli import main as rsa_main
+    from rsa.toyworld.pipeline import check_resumable
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    quick = ToyWorldConfig.quick(DEFAULT_WORLD)
+    (out / "toyworld_config.json").write_text(json.dumps(asdict(quick), default=str))
+    # the full demo in the quick demo's folder would reuse its 4-step models
+    assert rsa_main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "grpo_steps: 4 there, 200 now" in err and "pretrain.steps: 1600 there, 2400 now" in err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in out.iterdir()) == ["toyworld_config.json"]
+    # more seeds, more arms or other workers only add runs: resumable
+    check_resumable(out, replace(quick, eval_seeds=(1, 2, 3), train_seeds=(0, 1), workers=1))
+    with pytest.raises(ValueError, match=r"eval_k: 2 there, 3 now"):
+        check_resumable(out, replace(quick, eval_k=3))
+
+
 def test_quick_demo_runs_every_stage(tmp_path):
     """`rsa demo --quick` (the pick world): pre-training + enforced gate, rsa augment, four GRPO arms, RSA evals,
     report, summary."""

@@ -4,7 +4,7 @@ Pre-trains a tiny model on a toy task (`--world pick`, the default, or `add`), b
 arms with GRPO (standard, offline aggregation-aware, on-policy aggregation-aware, co-trained; same steps and
 batch) for every training seed, evaluates base and arms with RSA on held-out problems for every RSA seed, and writes
 the report (summary with paired comparisons and claim verdicts, Pass@1/Pass@N/majority-vs-step plots).
-See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes.
+See rsa/toyworld/pipeline.py for the stages and the folder layout. Running it again resumes (with the same sizes: a folder made with others is refused).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ one folder:
     OUT/summary.md           rsa.toyworld.evidence: mean and spread per arm and step, per difficulty, paired
                              bootstrap comparisons, the paper's claims in words, diagnostics, gate, training costs
 
-A stage whose output is complete is skipped, so a killed demo resumes where it stopped. The GRPO recipe
+A stage whose output is complete is skipped, so a killed demo resumes where it stopped; a folder made with
+other settings (`check_resumable`) is refused before any work, since its models would be reused. The GRPO recipe
 ships inside the package (`rsa/resources/recipes/toy_grpo.yaml`), so the demo runs from an installed wheel.
 """
 
@@ -460,6 +461,44 @@ def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_li
     return text
 
 
+#: settings a resumed run may change: more seeds or arms add runs beside the existing ones, workers set the pace
+RESUMABLE = ("eval_seeds", "train_seeds", "arms", "workers")
+
+
+def check_resumable(out: Path, config: ToyWorldConfig) -> None:
+    """ValueError when `out` holds a toy world run made with other settings, whose models and data a resume would reuse.
+
+    Compares `config` with `out/toyworld_config.json` (written by the run) on every field except `RESUMABLE`,
+    nested fields (`pretrain.steps`) one by one.
+    """
+    path = out / "toyworld_config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is not readable JSON ({exc}); remove it to run in {out} again") from None
+    new = json.loads(json.dumps(asdict(config), default=str))
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        items = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[prefix + key] = value
+        return items
+
+    before, now = flat(old if isinstance(old, dict) else {}), flat(new)
+    differing = [k for k in now if k.split(".")[0] not in RESUMABLE and before.get(k) != now[k]]
+    if differing:
+        changes = "; ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in differing)
+        raise ValueError(
+            f"{out} holds a toy world run made with other settings ({changes}); resuming would reuse its "
+            f"models and data, so use another --out, or remove {out} to start over"
+        )
+
+
 def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     """Run (or resume) the whole toy experiment under `out`; returns the summary table."""
     from rsa.jsonl import write_json_atomic
@@ -469,6 +508,7 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
 
     start = time.perf_counter()
     out = Path(out)
+    check_resumable(out, config)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "toyworld_config.json", json.loads(json.dumps(asdict(config), default=str)))
     base = out / "models" / "base"
