@@ -385,11 +385,24 @@ def check_context_early(
     RSALoop(_TokenCounter(tokenizer, context), problems, loop_config).check_context()
 
 
+#: options never written to a manifest or a tracker: a resumed run takes them from its command line or environment
+SECRET_OPTIONS = ("api_key",)
+
+
+def recorded_config(config: EvalConfig) -> dict:
+    """The run's options as its manifest and trackers record them: sorted, secrets (`SECRET_OPTIONS`) as None."""
+    values = {k: v for k, v in sorted(asdict(config).items())}
+    for name in SECRET_OPTIONS:
+        if values.get(name) is not None:
+            values[name] = None
+    return values
+
+
 def _set_manifest(plan: EvalPlan) -> None:
     """The run's manifest; on resume, the check that it matches the run, and the run's committed steps."""
     config = plan.config
     revision = model_revision(config.model, query_hub=config.engine != "openai")
-    values = {k: v for k, v in sorted(asdict(config).items())}
+    values = recorded_config(config)
     for name, default in COMPUTE_DEFAULTS.items():  # plain RSA's manifest stays as it was (and old runs resume)
         if values.get(name) == default:
             del values[name]
@@ -438,7 +451,7 @@ def run_eval(config: EvalConfig | EvalPlan, engine: Engine | None = None) -> lis
         from rsa.tracking import MetricsTracker
 
         values = plan.config
-        tracker = MetricsTracker(values.report_to, plan.run_dir.path, Path(values.out).name, asdict(values))
+        tracker = MetricsTracker(values.report_to, plan.run_dir.path, Path(values.out).name, recorded_config(values))
         try:
             tracker.log_steps(summaries)
         finally:

@@ -63,6 +63,7 @@ class FaultServer:
         self.arrivals: list[float] = []
         #: JSON bodies of every chat-completion request received, in arrival order
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []  # each chat request's Authorization header, in arrival order
         #: what each request got: a fault name or "ok"
         self.outcomes: list[str] = []
         self.max_in_flight = 0
@@ -171,6 +172,7 @@ class FaultServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send_json(404, {"error": {"message": f"no route {self.path}"}})
                     return
+                server.authorizations.append(self.headers.get("Authorization"))
                 outcome = server._next_outcome(body)
                 try:
                     if server.delay:

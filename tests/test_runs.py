@@ -302,6 +302,27 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     assert records(killed) == records(tmp_path / "whole")
 
 
+def test_the_api_key_is_never_written_into_the_run_and_a_resume_takes_it_from_the_environment(tmp_path, monkeypatch):
+    from rsa.cli import main
+    from tests.fault_server import FaultServer
+
+    run_path, secret = tmp_path / "run", "sk-test-do-not-record"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FaultServer(content="The answer is \\boxed{2}") as server:
+        argv = ["eval", "--engine", "openai", "--model", "fake-model", "--base-url", server.url, "--dataset",
+                "rg:basic_arithmetic", "--limit", "2", "-N", "2", "-K", "2", "-T", "2", "--max-new-tokens", "8",
+                "--no-progress", "--out", str(run_path)]  # fmt: skip
+        assert main([*argv, "--api-key", secret]) == 0
+        assert set(server.authorizations) == {f"Bearer {secret}"}
+        for path in run_path.rglob("*"):
+            assert not path.is_file() or secret not in path.read_text(errors="replace"), path
+        assert json.loads((run_path / "manifest.json").read_text())["config"]["api_key"] is None
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+        before = len(server.authorizations)
+        assert main(["eval", "--out", str(run_path), "--resume", "--steps", "3", "--no-progress"]) == 0
+        assert set(server.authorizations[before:]) == {"Bearer sk-from-env"}
+
+
 def test_rsa_eval_resume_is_refused_while_another_writer_runs_there(tmp_path, tiny_model_dir, no_engine, capsys):
     from rsa.cli import main
 
