@@ -28,6 +28,9 @@ _COMPONENT = r"[^\s/'\"<>{}|()\[\]*?;,:=]+"
 _ABSOLUTE_PATH = re.compile(rf"(?<![\w.:/~-])(?:~|/(?={_COMPONENT}/))(?:/?{_COMPONENT})+/?")
 #: keys whose values are templates or text, never paths: kept verbatim
 _VERBATIM_KEYS = frozenset({"chat_template"})
+#: keys whose values are credentials: a staged copy holds None there (runs made before `rsa eval` stopped
+#: recording its `api_key` still carry the key in their manifest)
+SECRET_KEYS = frozenset({"api_key", "backend_api_key", "hub_token"})
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
@@ -51,11 +54,15 @@ def hub_name(name: str | None) -> str | None:
 
 
 def scrub_paths(value: Any) -> Any:
-    """`value` (JSON-like) with every absolute or home-relative path in its strings cut to its last component."""
+    """`value` (JSON-like) with every absolute or home-relative path in its strings cut to its last component, and
+    the string value of every credential key (`SECRET_KEYS`) replaced by None."""
     if isinstance(value, str):
         return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0).rstrip("/")).name or "", value)
     if isinstance(value, dict):
-        return {k: v if k in _VERBATIM_KEYS else scrub_paths(v) for k, v in value.items()}
+        return {
+            k: None if k in SECRET_KEYS and isinstance(v, str) else v if k in _VERBATIM_KEYS else scrub_paths(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [scrub_paths(v) for v in value]
     return value

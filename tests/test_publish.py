@@ -566,7 +566,7 @@ def test_push_dataset_with_a_card_of_provenance_and_mixture(hub, augment_build, 
     assert_no_local_paths(tmp_path / "staged", augment_build.parent)
 
 
-def test_scrub_paths_keeps_everything_but_local_paths():
+def test_scrub_paths_keeps_everything_but_local_paths_and_credentials():
     from rsa.hub import hub_name, is_hub_id, scrub_paths
 
     value = {"a": "/tmp/x/checkpoint-5", "b": ["--config", "/home/me/r.yaml"], "c": "http://127.0.0.1:8000/v1",
@@ -575,6 +575,9 @@ def test_scrub_paths_keeps_everything_but_local_paths():
     assert scrub_paths(value) == {"a": "checkpoint-5", "b": ["--config", "r.yaml"], "c": "http://127.0.0.1:8000/v1",
                                   "d": "data/agg", "e": 3, "f": "base", "g": "cd run && go", "h": "--out=c",
                                   "i": "</think></answer>", "chat_template": "{{ '/a/b' }}"}  # fmt: skip
+    # a run folder made before rsa eval stopped recording its API key: the staged manifest holds None
+    old = {"config": {"api_key": "sk-secret", "backend_api_key": None, "population": 16}}
+    assert scrub_paths(old) == {"config": {"api_key": None, "backend_api_key": None, "population": 16}}
     assert is_hub_id("Qwen/Qwen3-4B-Instruct-2507") and not is_hub_id("/models/Qwen3") and not is_hub_id("a/b/c")
     assert hub_name("/models/Qwen3-4B") == "Qwen3-4B" and hub_name("Qwen/Qwen3-4B") == "Qwen/Qwen3-4B"
 
