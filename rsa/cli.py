@@ -13,9 +13,9 @@ import difflib
 import importlib
 import logging
 import sys
-from collections.abc import Iterable
 
 from rsa import __version__
+from rsa.options import unknown_options
 
 # Subcommand modules, in the order `rsa --help` lists them.
 COMMANDS = [
@@ -36,24 +36,6 @@ COMMANDS = [
 CONFIG_COMMANDS = {"eval", "augment", "serve"}
 # Loggers of HTTP clients: one INFO line per request (the openai engine's), shown only with -v.
 CHATTY_LOGGERS = ("httpx", "httpcore", "openai", "urllib3")
-
-
-def unknown_options(argv: Iterable[str], known: Iterable[str]) -> list[str]:
-    """Messages for the long options in `argv` that are not in `known` (nor a unique prefix of one), each with
-    the closest known option when there is one: `--populaton (did you mean --population?)`."""
-    known = sorted(set(known))
-    messages = []
-    for item in argv:
-        if item == "--":
-            break
-        if not item.startswith("--") or len(item) < 3:
-            continue
-        name = item.partition("=")[0]
-        if name in known or len([k for k in known if k.startswith(name)]) == 1:
-            continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        messages.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    return messages
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -96,6 +78,17 @@ class RsaParser(argparse.ArgumentParser):
             namespace.verbose, namespace.command = i > 0, command
             namespace.func = lambda _args: importlib.import_module(f"rsa.commands.{command}").main(rest)
             return namespace, []
+        if i < len(argv) and not argv[i].startswith("-"):
+            commands = sorted(
+                name
+                for action in self._actions
+                if isinstance(action, argparse._SubParsersAction)
+                for name in action.choices
+            )
+            if argv[i] not in commands:
+                close = difflib.get_close_matches(argv[i], commands, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                self.error(f"unknown command {argv[i]!r}{hint}; the commands are {', '.join(commands)}")
         return super().parse_known_args(argv, namespace)
 
 

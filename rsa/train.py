@@ -165,6 +165,13 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None):
     check_recipe_file(argv)
     check_model_path(argv)  # a missing local model folder says how to build it, before anything loads
     parser = TrlParser((GRPOAggScriptArguments, GRPOAggConfig, ModelConfig), prog=prog)
+    if "-h" not in argv and "--help" not in argv:
+        from rsa.options import unknown_options
+
+        # before the dataclasses' own checks, which would otherwise report a missing value first
+        unknown = unknown_options(argv, [*parser._option_string_actions, "--config"])
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)}; see `{prog or 'python -m rsa.train'} --help`")
     return parser.parse_args_and_config(argv)
 
 

@@ -97,6 +97,20 @@ def test_argparse_level_errors_exit_2(tmp_path, capsys, no_engine, tiny_model_di
     assert code == 2 and "invalid choice" in err
 
 
+def test_a_mistyped_command_or_training_option_is_named_with_the_closest_one(capsys):
+    from rsa.cli import main
+
+    for typed, meant in (("evl", "eval"), ("tiny_model", "tiny-model")):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's exit, as for any usage error
+            main([typed, "--out", "x"])
+        assert exit_info.value.code == 2
+        assert f"unknown command '{typed}' (did you mean {meant}?)" in capsys.readouterr().err
+    # training: the unknown option is reported first, not the missing training data that follows from it
+    code, _, err = run_cli(["train", "--learnin_rate", "1e-5", "--output_dir", "x"], capsys)
+    assert code == 2 and "unknown option(s) --learnin_rate (did you mean --learning_rate?)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 # ----- flags: dashed and underscored, short aliases, old augment name kept ----------------------------------------
 def test_dashed_underscored_and_short_flags_agree(tmp_path):
     from rsa.commands.config_parser import parse_config

@@ -87,7 +87,7 @@ def parse_config(
     argparse does (code 2); an unknown option or config key raises ValueError, before any other check, naming
     the closest known option.
     """
-    from rsa.cli import unknown_options
+    from rsa.options import unknown_options
 
     argv = list(argv)
     parser = build_config_parser(cls, prog, description)
