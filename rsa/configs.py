@@ -685,6 +685,17 @@ class ServeConfig(SamplingOptions, EngineOptions):
         default=_default(LoopConfig, "thinking"),
         metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
     )
+    stop_agreement: float | None = field(
+        default=None,
+        metadata={
+            "help": "default early stopping: a request's RSA stops once this share of its members agree (its "
+            f"population is the answer's from then on). Off by default; the bare flag means {DEFAULT_STOP_AGREEMENT:g} "
+            "(unanimous); a request sets or clears it with rsa.stop_agreement",
+            "nargs": "?",
+            "const": DEFAULT_STOP_AGREEMENT,
+            "metavar": "SHARE",
+        },
+    )
     served_model_name: str | None = field(
         default=None, metadata={"help": "the model name clients send and /v1/models lists (default: --model)"}
     )
@@ -750,6 +761,7 @@ class ServeConfig(SamplingOptions, EngineOptions):
             "final": self.final,
             "thinking": self.thinking,
             "schedule": "async",
+            "stop_agreement": self.stop_agreement,
         }
         values.update(overrides)
         return LoopConfig(**values)

@@ -55,6 +55,7 @@ RSA_FIELDS: dict[str, str | None] = {
     "steps": "steps",
     "final": "final",
     "seed": "seed",
+    "stop_agreement": "stop_agreement",
     "timeout": None,
     "return_population": None,
 }
@@ -101,6 +102,7 @@ class RSAResult:
     answer: str | None
     population: list[Member]
     agreement: list[float]  # per step: the share of members in the largest answer cluster
+    stopped_at: int | None  # early stopping: the step whose population was carried to the last step
     prompt_tokens: int
     completion_tokens: int
     generations: int
@@ -259,6 +261,8 @@ def parse_chat_request(body: Any, config: ServeConfig, *, model_name: str, max_n
         overrides["seed"] = _integer(options["seed"], "rsa.seed", 0)
     if "final" in options:
         overrides["final"] = options["final"]
+    if "stop_agreement" in options:  # a share in (0, 1], or null to run every step (LoopConfig checks the value)
+        overrides["stop_agreement"] = options["stop_agreement"]
     timeout = config.request_timeout
     if options.get("timeout") is not None:
         timeout = min(timeout, _number(options["timeout"], "rsa.timeout"))
@@ -272,8 +276,9 @@ def parse_chat_request(body: Any, config: ServeConfig, *, model_name: str, max_n
                            param="rsa.k" if "k" in overrides else "rsa.population")  # fmt: skip
     try:
         loop = config.loop_config(**overrides)
-    except ValueError as exc:  # an out-of-range sampling value
-        raise RequestError(400, str(exc)) from None
+    except ValueError as exc:  # an out-of-range sampling value or stopping share
+        param = "rsa.stop_agreement" if "stop_agreement" in str(exc) else None
+        raise RequestError(400, str(exc), param=param) from None
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError(400, "'stream_options' must be an object", param="stream_options")
@@ -371,10 +376,11 @@ class RSAService:
         agreement: list[float] = []
 
         def report(step, problem_index, population, regenerated, tokens, started, finished) -> None:
-            failed = sum(m.failed for m in population)
+            fresh = [m for m in population if m.carried_from is None]  # early stopping carries, not generates
+            failed = sum(m.failed for m in fresh)
             self.metrics.generations += regenerated - failed
             self.metrics.generation_failures += failed
-            self.metrics.prompt_tokens += sum(m.prompt_tokens or 0 for m in population)
+            self.metrics.prompt_tokens += sum(m.prompt_tokens or 0 for m in fresh)
             self.metrics.completion_tokens += tokens
             if failed == len(population):  # nothing to aggregate: the backend is down or refuses this question
                 raise EngineError(f"every generation of step {step} failed; last error: {population[-1].error}")
@@ -394,12 +400,13 @@ class RSAService:
         final = history[-1]
         (chosen,) = final_answers([job.problem], [final], job.loop.final, job.loop.seed)
         member = final[chosen["member"]] if chosen["member"] is not None else final[0]
-        every = [m for population in history for m in population]
+        every = [m for population in history for m in population if m.carried_from is None]
         return RSAResult(
             member=member,
             answer=chosen["answer"],
             population=final,
             agreement=agreement,
+            stopped_at=final[0].carried_from if final else None,
             prompt_tokens=sum(m.prompt_tokens or 0 for m in every),
             completion_tokens=sum(m.num_tokens for m in every),
             generations=sum(not m.failed for m in every),
@@ -447,6 +454,9 @@ class RSAService:
             "agreement": result.agreement,
             "generations": result.generations,
         }
+        if job.loop.stop_agreement is not None:
+            details["stop_agreement"] = job.loop.stop_agreement
+            details["stopped_at"] = result.stopped_at
         if job.return_population:
             details["members"] = [
                 {"text": m.text, "answer": m.extracted, "parents": list(m.parents), "finish_reason": m.finish_reason}

@@ -93,6 +93,8 @@ BAD_REQUESTS = [
     ("n > 1", {"n": 2}, "n"),
     ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ("bool population", {"rsa": {"population": True}}, "rsa.population"),
+    ("stop share over 1", {"rsa": {"stop_agreement": 1.5}}, "rsa.stop_agreement"),
+    ("yes/no stop share", {"rsa": {"stop_agreement": True}}, "rsa.stop_agreement"),
     ("max_tokens over context", {"max_tokens": 5000}, "max_tokens"),
     ("prompt over context", {"messages": [{"role": "user", "content": "word " * 3000}]}, "messages"),
     ("system prompt", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]}, "messages"),
@@ -155,6 +157,21 @@ def test_a_wrong_key_gets_401_and_the_right_one_an_answer(tiny_model_dir):
             )
             assert reply.choices[0].message.content.startswith("seed=")
             assert len(backend.requests) == 4  # N x T generations of the one accepted request
+
+
+def test_early_stopping_answers_once_the_population_agrees_and_counts_only_what_it_generated(tiny_model_dir):
+    with FaultServer(content="The answer is \\boxed{42}") as backend:  # noqa: SIM117 - every member agrees
+        with running(fault_engine(backend, tokenizer=tiny_model_dir), population=4, k=2, steps=5, max_new_tokens=8,
+                     served_model_name="fake-model", stop_agreement=1.0) as (_, url):  # fmt: skip
+            reply = ask(url).json()
+            assert len(backend.requests) == 4  # unanimous at step 1: steps 2-5 carry it, nothing more is generated
+            assert reply["rsa"]["stopped_at"] == 1 and reply["rsa"]["stop_agreement"] == 1.0
+            assert reply["rsa"]["generations"] == 4 and reply["rsa"]["agreement"] == [1.0] * 5
+            assert reply["usage"]["completion_tokens"] == 4 * 5  # the stand-in counts 5 tokens an answer
+            assert metric(url, "rsa_generations_total") == 4
+            # a request can turn it off: every step runs
+            off = ask(url, rsa={"stop_agreement": None}).json()
+            assert len(backend.requests) == 4 + 4 * 5 and "stopped_at" not in off["rsa"]
 
 
 # ----- load, queue, cancellation, faults ------------------------------------------------------------------------
