@@ -53,6 +53,21 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _stop_agreement_field(what: str) -> Any:
+    """The `stop_agreement` option of `rsa eval` and `rsa serve`: `what` it does, then its default and bare-flag value."""
+    return field(
+        default=None,
+        metadata={
+            "help": f"{what}. Off by default; the bare flag means {DEFAULT_STOP_AGREEMENT:g} (unanimous), the setting "
+            "docs/ARCHITECTURE.md measured to save tokens without costing Pass@1; lower shares save more and cost "
+            "Pass@1",
+            "nargs": "?",
+            "const": DEFAULT_STOP_AGREEMENT,
+            "metavar": "SHARE",
+        },
+    )
+
+
 def _check_number(name: str, value: float | int | None, *, low: float, low_inclusive: bool = True) -> None:
     """Raise ValueError unless `value` (when set) is a finite number above `low`."""
     if value is None:
@@ -301,17 +316,9 @@ class EvalConfig(SamplingOptions, EngineOptions, DataOptions):
             "choices": SCHEDULES,
         },
     )
-    stop_agreement: float | None = field(
-        default=None,
-        metadata={
-            "help": "early stopping (method rsa): a problem stops evolving once this share of its members agree on "
-            "the majority answer; its population is carried to later steps. Off by default; the bare flag means "
-            f"{DEFAULT_STOP_AGREEMENT:g} (unanimous), the setting docs/ARCHITECTURE.md measured to save tokens "
-            "without costing Pass@1; lower shares save more and cost Pass@1",
-            "nargs": "?",
-            "const": DEFAULT_STOP_AGREEMENT,
-            "metavar": "SHARE",
-        },
+    stop_agreement: float | None = _stop_agreement_field(
+        "early stopping (method rsa): a problem stops evolving once this share of its members agree on the majority "
+        "answer; its population is carried to later steps"
     )
     islands: int = field(
         default=_default(LoopConfig, "islands"),
@@ -685,16 +692,9 @@ class ServeConfig(SamplingOptions, EngineOptions):
         default=_default(LoopConfig, "thinking"),
         metadata={"help": "keep or strip a thinking model's reasoning in candidates", "choices": THINKING_MODES},
     )
-    stop_agreement: float | None = field(
-        default=None,
-        metadata={
-            "help": "default early stopping: a request's RSA stops once this share of its members agree (its "
-            f"population is the answer's from then on). Off by default; the bare flag means {DEFAULT_STOP_AGREEMENT:g} "
-            "(unanimous); a request sets or clears it with rsa.stop_agreement",
-            "nargs": "?",
-            "const": DEFAULT_STOP_AGREEMENT,
-            "metavar": "SHARE",
-        },
+    stop_agreement: float | None = _stop_agreement_field(
+        "default early stopping: a request's RSA stops once this share of its members agree (its population is the "
+        "answer's from then on); a request sets or clears it with rsa.stop_agreement"
     )
     served_model_name: str | None = field(
         default=None, metadata={"help": "the model name clients send and /v1/models lists (default: --model)"}
