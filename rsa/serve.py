@@ -102,10 +102,14 @@ class RSAResult:
     answer: str | None
     population: list[Member]
     agreement: list[float]  # per step: the share of members in the largest answer cluster
-    stopped_at: int | None  # early stopping: the step whose population was carried to the last step
     prompt_tokens: int
     completion_tokens: int
     generations: int
+
+    @property
+    def stopped_at(self) -> int | None:
+        """Early stopping: the step whose population was carried to the last step (None when every step ran)."""
+        return self.population[0].carried_from if self.population else None
 
 
 @dataclass
@@ -406,7 +410,6 @@ class RSAService:
             answer=chosen["answer"],
             population=final,
             agreement=agreement,
-            stopped_at=final[0].carried_from if final else None,
             prompt_tokens=sum(m.prompt_tokens or 0 for m in every),
             completion_tokens=sum(m.num_tokens for m in every),
             generations=sum(not m.failed for m in every),
