@@ -475,6 +475,11 @@ def summarise(runs: dict[tuple[str, int | None, int], Path], out: Path, extra_li
 RESUMABLE = ("eval_seeds", "train_seeds", "arms", "workers")
 
 
+def config_record(config: ToyWorldConfig) -> dict:
+    """`config` as `toyworld_config.json` holds it (JSON values: tuples as lists)."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
 def check_resumable(out: Path, config: ToyWorldConfig) -> None:
     """ValueError when `out` holds a toy world run made with other settings, whose models and data a resume would reuse.
 
@@ -488,7 +493,7 @@ def check_resumable(out: Path, config: ToyWorldConfig) -> None:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"{path} is not readable JSON ({exc}); remove it to run in {out} again") from None
-    new = json.loads(json.dumps(asdict(config), default=str))
+    new = config_record(config)
 
     def flat(values: dict, prefix: str = "") -> dict:
         items = {}
@@ -520,7 +525,7 @@ def run_toy_world(out: Path, config: ToyWorldConfig) -> str:
     out = Path(out)
     check_resumable(out, config)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "toyworld_config.json", json.loads(json.dumps(asdict(config), default=str)))
+    write_json_atomic(out / "toyworld_config.json", config_record(config))
     base = out / "models" / "base"
     if not (base / "toy_pretrain.json").is_file():
         logger.info("pre-training the toy base model")
