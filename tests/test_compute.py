@@ -11,12 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +19,7 @@ import pytest
 from rsa.cli import main as rsa_main
 from rsa.loop import DEFAULT_STOP_AGREEMENT, LoopConfig, island_pools
 from tests.fault_server import FaultServer
+from tests.killing import sigkill_rsa_when
 
 
 def _records(run: Path, step: int) -> list[dict]:
@@ -218,8 +214,6 @@ def test_bare_stop_agreement_means_unanimous(three_problems, tmp_path):
 
 # ----- a real kill: both options on, `rsa eval` SIGKILLed in the middle of a step, then resumed ------------------
 def test_resume_after_sigkill_with_early_stopping_and_islands_matches_an_uninterrupted_run(three_problems, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(repo)}
     options = ("--stop_agreement", "--islands", "2", "--migrate_every", "2")
     killed = tmp_path / "killed"
     # every answer takes 30 ms, so a step of 12 requests lasts long enough to be killed in
@@ -227,23 +221,11 @@ def test_resume_after_sigkill_with_early_stopping_and_islands_matches_an_uninter
         argv = ["eval", "--engine", "openai", "--model", "fake-model", "--base-url", server.url, "--max_retries", "0",
                 "--dataset", str(three_problems), "--population", "4", "--k", "2", "--steps", "4",
                 "--max_new_tokens", "16", "--seed", "1", "--no-progress", "--schedule", "barrier", *options]  # fmt: skip
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rsa.cli", *argv, "--out", str(killed)],
-            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
         metrics = killed / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and process.poll() is None:
-                if metrics.exists() and metrics.read_text().count("\n") >= 2:
-                    process.send_signal(signal.SIGKILL)  # steps 1 and 2 are committed: kill it inside step 3
-                    break
-                time.sleep(0.005)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            _, stderr = process.communicate(timeout=60)
-        assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+        # steps 1 and 2 are committed: kill it inside step 3
+        sigkill_rsa_when(
+            [*argv, "--out", str(killed)], lambda: metrics.exists() and metrics.read_text().count("\n") >= 2
+        )
         assert len(_metrics(killed)) < 4 and not (killed / "final.json").exists()
         assert rsa_main([*argv, "--out", str(killed), "--resume"]) == 0
         assert rsa_main([*argv, "--out", str(tmp_path / "whole")]) == 0

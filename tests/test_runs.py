@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from rsa.provenance import model_revision
 from rsa.runs import METRICS, RunDirectory, build_manifest
 from rsa.tasks import Problem
 from rsa.tasks.base import PROMPT_VERSION
+from tests.killing import sigkill_rsa_when
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -272,27 +272,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir
     from rsa.cli import main
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rsa.cli", *eval_argv(tiny_model_dir, killed)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     metrics = killed / METRICS
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if metrics.exists() and metrics.read_text().count("\n") >= 2:
-                proc.send_signal(signal.SIGKILL)  # step 2 is committed: kill it in the middle of step 3
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    # step 2 is committed: kill it in the middle of step 3
+    sigkill_rsa_when(
+        eval_argv(tiny_model_dir, killed), lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, 180, 0.01
+    )
     committed = RunDirectory(killed).completed_steps()
     assert 2 <= len(committed) < 4
     assert not (killed / "final.json").exists()

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
+from killing import sigkill_rsa_when
 from test_runs import records
 
 from rsa.evaluate import evaluate
@@ -175,29 +174,14 @@ def test_async_run_killed_with_sigkill_resumes_to_the_same_result(tmp_path):
     from rsa.cli import main
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+    def mid_step() -> bool:  # step 1 committed, later groups pending: mid-step
+        pending = list((killed / "population").glob("*.pending.jsonl")) if killed.exists() else []
+        metrics = killed / METRICS
+        return metrics.exists() and metrics.read_text().count("\n") >= 1 and any(_size(p) for p in pending)
+
     with FaultServer(content_fn=answer, delay_fn=slow_first_problem) as server:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rsa.cli", *eval_argv(server.url, killed)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                pending = list((killed / "population").glob("*.pending.jsonl")) if killed.exists() else []
-                metrics = killed / METRICS
-                if metrics.exists() and metrics.read_text().count("\n") >= 1 and any(_size(p) for p in pending):
-                    proc.send_signal(signal.SIGKILL)  # step 1 committed, later groups pending: mid-step
-                    break
-                time.sleep(0.005)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            _, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+        sigkill_rsa_when(eval_argv(server.url, killed), mid_step)
         run_dir = RunDirectory(killed)
         committed = len(run_dir.completed_steps())
         kept = sum(len(run_dir.read_pending(t, 4)) for t in range(committed + 1, 5))
