@@ -26,13 +26,13 @@ from rsa.configs import EvalConfig, auto_max_new_tokens, check_model, model_cont
 from rsa.engines.base import Engine
 from rsa.jsonl import read_records, write_jsonl_atomic
 from rsa.loop import (
-    COMPUTE_DEFAULTS,
     GroupResult,
     LoopConfig,
     Population,
     RSALoop,
     evaluated_population,
     final_answers,
+    without_compute_defaults,
 )
 from rsa.metrics import step_metrics
 from rsa.progress import Progress
@@ -402,12 +402,13 @@ def _set_manifest(plan: EvalPlan) -> None:
     """The run's manifest; on resume, the check that it matches the run, and the run's committed steps."""
     config = plan.config
     revision = model_revision(config.model, query_hub=config.engine != "openai")
-    values = recorded_config(config)
-    for name, default in COMPUTE_DEFAULTS.items():  # plain RSA's manifest stays as it was (and old runs resume)
-        if values.get(name) == default:
-            del values[name]
     plan.manifest = build_manifest(
-        values, model=config.model, engine=config.engine, revision=revision, problems=plan.problems, seed=config.seed
+        without_compute_defaults(recorded_config(config)),
+        model=config.model,
+        engine=config.engine,
+        revision=revision,
+        problems=plan.problems,
+        seed=config.seed,
     )
     if config.resume:  # --repair rebuilds metrics.jsonl only once the run is known to match
         plan.done = resumable_steps(plan.run_dir, plan.manifest, plan.problems, plan.loop_config, repair=config.repair)

@@ -176,15 +176,17 @@ class LoopConfig:
 
     def to_dict(self) -> dict:
         """The configuration as a plain JSON-ready dict (the compute-aware options only when set)."""
-        values = asdict(self)
-        for name, default in COMPUTE_DEFAULTS.items():
-            if values[name] == default:  # plain RSA's records and manifests stay as they were
-                del values[name]
-        return values
+        return without_compute_defaults(asdict(self))
 
 
 #: options of compute-aware RSA and the values that make it plain RSA
 COMPUTE_DEFAULTS = {"stop_agreement": None, "islands": 1, "migrate_every": 1}
+
+
+def without_compute_defaults(values: dict) -> dict:
+    """`values` without the compute-aware options that are at their plain-RSA value (`COMPUTE_DEFAULTS`), so that
+    plain RSA's records and manifests stay as they were and its old runs resume."""
+    return {k: v for k, v in values.items() if k not in COMPUTE_DEFAULTS or v != COMPUTE_DEFAULTS[k]}
 
 
 @dataclass
